@@ -1,0 +1,1 @@
+"""NLQ: natural language queries (VSLNet, ReLER) trained with NaQ."""

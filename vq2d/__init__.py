@@ -1,0 +1,1 @@
+"""VQ2D: visual queries with 2D localization (siamese detector, peaks, tracking)."""
