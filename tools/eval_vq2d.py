@@ -1,0 +1,43 @@
+"""Evaluate VQ2D: score a challenge-format predictions file against an annotation file.
+
+    python tools/eval_vq2d.py annotations=vq_val.json predictions=preds.json [output_dir=OUT]
+
+Prints the metrics, then the same metrics as ONE JSON object on the last line of stdout,
+and writes metrics.json, per_query.csv (and problems.txt) to output_dir (default: the
+predictions file's folder). Each mode is one library function; a checkpoint mode
+(``checkpoint=C data.root=DIR split=val``: run the model, write the predictions file, then
+score that file) plugs into MODES.
+"""
+from __future__ import annotations
+
+import json
+
+import hydra
+from omegaconf import DictConfig
+
+from episodic.errors import DataError
+from vq2d.evaluation.scoring import format_metrics, score_from_config
+
+
+def _checkpoint_mode(cfg: DictConfig) -> dict:
+    raise DataError("checkpoint mode is not available yet; give predictions=<file> to score a file")
+
+
+MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
+
+
+@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    given = [key for key in MODES if cfg[key] is not None]
+    if len(given) != 1:
+        raise SystemExit("give exactly one of predictions=<predictions file> or checkpoint=<checkpoint>")
+    try:
+        metrics = MODES[given[0]](cfg)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    print("\n".join(format_metrics(metrics)))
+    print(json.dumps(metrics), flush=True)
+
+
+if __name__ == "__main__":
+    main()
