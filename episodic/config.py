@@ -21,14 +21,16 @@ def to_container(cfg: Any) -> Any:
     return cfg
 
 
-def save_config(cfg: Any, output_dir: str | Path) -> Path:
-    """Write the resolved ``cfg`` (DictConfig or dict) to ``output_dir/config.yaml`` atomically.
+def save_config(cfg: Any, output_dir: str | Path, name: str = CONFIG_FILE) -> Path:
+    """Write the resolved ``cfg`` (DictConfig or dict) to ``output_dir/<name>`` atomically.
 
-    Call it inside the hydra app so that ``${hydra:...}`` interpolations resolve.
+    Call it inside the hydra app so that ``${hydra:...}`` interpolations resolve. Tools whose
+    output folder may be shared with another tool's (e.g. scoring into a training run's
+    folder) pass their own ``name``.
     """
     if not isinstance(cfg, (DictConfig, ListConfig)):
         cfg = OmegaConf.create(cfg)
-    path = Path(output_dir) / CONFIG_FILE
+    path = Path(output_dir) / name
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
     return path
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from episodic.errors import DataError
+from episodic.config import save_config
 from episodic.io import atomic_open, atomic_write_json, atomic_write_text, read_json
 from vq2d.data.annotations import VQAnnotationFile, VQQuery, load_vq_annotations
 from vq2d.evaluation.metrics import QueryResult, per_query_results, summarize
@@ -122,6 +123,6 @@ def score_from_config(cfg: Any) -> dict:
     annotations = cfg.annotations or default_annotations_path(cfg.data.root, cfg.split)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.predictions).resolve().parent
     metrics = score_predictions_file(annotations, cfg.predictions, output_dir)
-    atomic_write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    save_config(cfg, output_dir, name=CONFIG_FILE)
     return metrics
 
