@@ -1,0 +1,302 @@
+"""Layers shared by the NLQ models (VSLNet, ReLER). Each layer is defined here once.
+
+Conventions: video features ``[B, T, d]`` with ``video_mask`` ``[B, T]`` (True = valid step),
+query features ``[B, L, d]`` with ``text_mask`` ``[B, L]``. Every layer that mixes steps
+(convolution, attention, pooling) ignores masked steps, so the values of padded steps never
+reach valid ones. Masked logits are filled with the most negative finite value of their
+dtype (no -inf, so fp16/bf16 autocast and fully masked rows stay finite).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill masked entries (``mask`` False) with the dtype's most negative finite value."""
+    return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` ignoring masked entries (a fully masked row gives uniform weights)."""
+    return mask_logits(logits, mask).softmax(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over steps. x: [B, T, d], mask: [B, T] -> [B, d] (zeros where no step is valid)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise conv over time (one filter per channel) + pointwise conv + ReLU.
+
+    x: [B, T, d] -> [B, T, d]; "same" padding (odd ``kernel_size``).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 7):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd (got {kernel_size})")
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
+        self.pointwise = nn.Conv1d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pointwise(self.depthwise(x.transpose(1, 2)))).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    """``num_layers`` x (LayerNorm -> depthwise-separable conv -> dropout -> residual).
+
+    Padded steps are zeroed before every convolution. x: [B, T, d], mask: [B, T] -> [B, T, d].
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 7, num_layers: int = 4, dropout: float = 0.2):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
+        self.convs = nn.ModuleList(DepthwiseSeparableConv(dim, kernel_size) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)
+        for norm, conv in zip(self.norms, self.convs):
+            x = x + self.dropout(conv(norm(x) * keep))
+        return x
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product multi-head attention with a key mask.
+
+    query: [B, Lq, d], context: [B, Lk, d], context_mask: [B, Lk] -> [B, Lq, d].
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # [B, h, n, d/h]
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(self.query(query)), self._split(self.key(context)), self._split(self.value(context))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, h, Lq, Lk]
+        attn = self.dropout(masked_softmax(scores, context_mask[:, None, None, :]))
+        out = (attn.to(v.dtype) @ v).transpose(1, 2).flatten(2)  # [B, Lq, d]
+        return self.out(out)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm residual attention: x + dropout(MHA(LN(x), context)).
+
+    Self-attention when ``context`` is None, cross-attention otherwise (the context gets its
+    own LayerNorm). x: [B, Lq, d], context: [B, Lk, d] -> [B, Lq, d].
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2, cross: bool = False):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.context_norm = nn.LayerNorm(dim) if cross else None
+        self.attention = MultiHeadAttention(dim, num_heads, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, mask, context=None, context_mask=None):
+        """mask: [B, Lq] (self-attention keys), context_mask: [B, Lk] (cross-attention keys)."""
+        h = self.norm(x)
+        if self.context_norm is None:
+            context, context_mask = h, mask
+        else:
+            context = self.context_norm(context)
+        return x + self.dropout(self.attention(h, context, context_mask))
+
+
+class FeedForwardBlock(nn.Module):
+    """Pre-norm residual feed-forward: x + dropout(MLP(LN(x))). x: [B, T, d] -> [B, T, d].
+
+    ``hidden_dim`` 0 means a single Linear(d->d) (VSLNet's attention block), otherwise
+    Linear(d->hidden) -> GELU -> Linear(hidden->d).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int = 0, dropout: float = 0.2):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        if hidden_dim:
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden_dim, dim))
+        else:
+            self.mlp = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.mlp(self.norm(x)))
+
+
+class FeatureEncoder(nn.Module):
+    """VSLNet's feature encoder: learned position embedding, conv block, one attention block.
+
+    x: [B, T, d], mask: [B, T] -> [B, T, d] (T <= ``max_len``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, max_len: int = 128, kernel_size: int = 7,
+                 num_conv_layers: int = 4, dropout: float = 0.2):
+        super().__init__()
+        self.max_len = max_len
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.conv_block = ConvBlock(dim, kernel_size, num_conv_layers, dropout)
+        self.attention = AttentionBlock(dim, num_heads, dropout)
+        self.feed_forward = FeedForwardBlock(dim, 0, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        steps = x.shape[1]
+        if steps > self.max_len:
+            raise ValueError(f"sequence of {steps} steps is longer than the position embedding "
+                             f"(max_len {self.max_len}); pool the features or raise max_len")
+        x = x + self.position_embedding.weight[:steps].to(x.dtype)
+        x = self.conv_block(x, mask)
+        return self.feed_forward(self.attention(x, mask))
+
+
+class ContextQueryAttention(nn.Module):
+    """Trilinear context-query attention (VSLNet / BiDAF).
+
+    S_ij = w^T [c_i; q_j; c_i * q_j]; S_r = softmax over the query, S_c = softmax over the
+    context; A = S_r Q, B = S_r S_c^T C; output Linear(4d->d)([C; A; C*A; C*B]).
+    context: [B, T, d], query: [B, L, d] -> [B, T, d].
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.2):
+        super().__init__()
+        self.w_context = nn.Linear(dim, 1, bias=False)
+        self.w_query = nn.Linear(dim, 1, bias=False)
+        self.w_product = nn.Parameter(torch.empty(1, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(1))
+        nn.init.xavier_uniform_(self.w_product)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(4 * dim, dim)
+
+    def forward(self, context, query, context_mask, query_mask):
+        context, query = self.dropout(context), self.dropout(query)
+        scores = (self.w_context(context) + self.w_query(query).transpose(1, 2)
+                  + (context * self.w_product) @ query.transpose(1, 2) + self.bias)  # [B, T, L]
+        s_r = masked_softmax(scores, query_mask[:, None, :], dim=2)  # over query words
+        s_c = masked_softmax(scores, context_mask[:, :, None], dim=1)  # over video steps
+        a = s_r @ query  # [B, T, d]
+        b = s_r @ (s_c.transpose(1, 2) @ context)  # [B, T, d]
+        return self.out(torch.cat([context, a, context * a, context * b], dim=-1))
+
+
+class QueryPooledConcat(nn.Module):
+    """Attention-pool the query into one vector, append it to every step, Linear(2d->d).
+
+    context: [B, T, d], query: [B, L, d], query_mask: [B, L] -> [B, T, d].
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.pool_score = nn.Linear(dim, 1)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def pool(self, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the query words: [B, L, d] -> [B, d]."""
+        weights = masked_softmax(self.pool_score(query).squeeze(-1), query_mask)  # [B, L]
+        return (weights.unsqueeze(-1) * query).sum(dim=1)
+
+    def forward(self, context, query, query_mask):
+        pooled = self.pool(query, query_mask).unsqueeze(1).expand_as(context)
+        return self.out(torch.cat([context, pooled], dim=-1))
+
+
+class HighlightLayer(nn.Module):
+    """Query-guided highlighting: per-step foreground logit. x: [B, T, d] -> logits [B, T].
+
+    Models multiply the features by ``sigmoid(logits)``; masked steps get very negative logits.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mask_logits(self.score(x).squeeze(-1), mask)
+
+
+class ConditionedSpanPredictor(nn.Module):
+    """VSLNet's conditioned span predictor.
+
+    A second feature encoder E; start logits from [E(F); F], end logits from [E(E(F)); F],
+    each through Linear(2d->d) -> ReLU -> Linear(d->1). x: [B, T, d] -> two [B, T] tensors
+    (masked steps get very negative logits).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, max_len: int = 128, kernel_size: int = 7,
+                 num_conv_layers: int = 4, dropout: float = 0.2):
+        super().__init__()
+        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout)
+        self.start_norm = nn.LayerNorm(dim)
+        self.end_norm = nn.LayerNorm(dim)
+        self.start_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+        self.end_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start_features = self.encoder(x, mask)
+        end_features = self.encoder(start_features, mask)
+        start = self.start_head(torch.cat([self.start_norm(start_features), x], dim=-1)).squeeze(-1)
+        end = self.end_head(torch.cat([self.end_norm(end_features), x], dim=-1)).squeeze(-1)
+        return mask_logits(start, mask), mask_logits(end, mask)
+
+
+class VideoQueryFusion(nn.Module):
+    """The shared front of VSLNet and ReLER: project both inputs to d, encode them with one
+    shared feature encoder, fuse with context-query attention and the query-pooled concat.
+
+    video: [B, T, video_dim], text: [B, L, text_dim] -> {"video": [B, T, d], "text": [B, L, d]
+    (encoded), "fused": [B, T, d] (query-aware video)}.
+    """
+
+    def __init__(self, video_dim: int, text_dim: int, dim: int, num_heads: int = 8, max_len: int = 128,
+                 kernel_size: int = 7, num_conv_layers: int = 4, dropout: float = 0.2):
+        super().__init__()
+        self.video_projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(video_dim, dim))
+        self.text_projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(text_dim, dim))
+        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout)
+        self.cq_attention = ContextQueryAttention(dim, dropout)
+        self.cq_concat = QueryPooledConcat(dim)
+
+    def forward(self, video, video_mask, text, text_mask) -> dict[str, torch.Tensor]:
+        video = self.encoder(self.video_projection(video), video_mask)
+        text = self.encoder(self.text_projection(text), text_mask)
+        fused = self.cq_concat(self.cq_attention(video, text, video_mask, text_mask), text, text_mask)
+        return {"video": video, "text": text, "fused": fused}
+
+
+class CoAttentionLayer(nn.Module):
+    """One video-text co-attention layer (ReLER's per-chunk cross-modal layer).
+
+    Video self-attention, video->text cross-attention and text->video cross-attention, then
+    a feed-forward block per stream. video: [B, T, d], text: [B, L, d] -> same shapes.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2, ffn_dim: int = 0):
+        super().__init__()
+        ffn_dim = ffn_dim or 2 * dim
+        self.video_self = AttentionBlock(dim, num_heads, dropout)
+        self.video_to_text = AttentionBlock(dim, num_heads, dropout, cross=True)
+        self.text_to_video = AttentionBlock(dim, num_heads, dropout, cross=True)
+        self.video_ffn = FeedForwardBlock(dim, ffn_dim, dropout)
+        self.text_ffn = FeedForwardBlock(dim, ffn_dim, dropout)
+
+    def forward(self, video, video_mask, text, text_mask):
+        video = self.video_self(video, video_mask)
+        new_video = self.video_to_text(video, video_mask, text, text_mask)
+        new_text = self.text_to_video(text, text_mask, video, video_mask)
+        return self.video_ffn(new_video), self.text_ffn(new_text)
