@@ -1,0 +1,279 @@
+"""SiamRCNN model: modules, ROI labelling, losses, inference paths, freezing, input formats."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torchvision.ops import FrozenBatchNorm2d
+
+from vq2d.modeling.backbone import build_resnet_fpn_backbone
+from vq2d.modeling.build import build_model
+from vq2d.modeling.proposal_sampling import cross_batch_labels, mine_hard_negatives, sample_proposals
+from vq2d.modeling.siam_head import SiameseHead
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "vq2d"
+
+
+@functools.lru_cache(maxsize=None)
+def model_config(name: str) -> dict:
+    """The composed ``model`` group option ``name`` as a plain dict."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(overrides=[f"+model={name}"])
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return build_model({**model_config("r18_fpn"), **overrides})
+
+
+def frames_and_crops(seed: int = 1):
+    """Two frames of different sizes (the second one a negative frame) and their crops."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, 128, 160, generator=g) * 255, torch.rand(3, 112, 150, generator=g) * 255]
+    crops = torch.rand(2, 3, 64, 64, generator=g) * 255
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 90.0, 100.0]])}, {"boxes": torch.zeros(0, 4)}]
+    return images, crops, targets
+
+
+# --------------------------------------------------------------------------- modules
+def test_backbone_output_shapes():
+    backbone = build_resnet_fpn_backbone(depth=18, out_channels=64)
+    out = backbone(torch.rand(2, 3, 128, 160))
+    assert list(out) == ["0", "1", "2", "3", "pool"]
+    for key, stride in zip(out, (4, 8, 16, 32, 64)):
+        assert out[key].shape == (2, 64, 128 // stride, -(-160 // stride))
+
+
+def test_stride_in_1x1_moves_the_stride():
+    torchvision_style = build_resnet_fpn_backbone(depth=50, out_channels=32)
+    detectron2_style = build_resnet_fpn_backbone(depth=50, out_channels=32, stride_in_1x1=True)
+    for layer in ("layer2", "layer3", "layer4"):
+        tv_block = getattr(torchvision_style.body, layer)[0]
+        d2_block = getattr(detectron2_style.body, layer)[0]
+        assert (tv_block.conv1.stride, tv_block.conv2.stride) == ((1, 1), (2, 2))
+        assert (d2_block.conv1.stride, d2_block.conv2.stride) == ((2, 2), (1, 1))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        tv_shapes = {k: v.shape for k, v in torchvision_style(x).items()}
+        assert tv_shapes == {k: v.shape for k, v in detectron2_style(x).items()}
+    with pytest.raises(ValueError, match="bottleneck"):
+        build_resnet_fpn_backbone(depth=18, stride_in_1x1=True)
+
+
+def test_frozen_bn_and_trainable_layers():
+    backbone = build_resnet_fpn_backbone(depth=18, out_channels=32, trainable_layers=3)
+    norms = [m for m in backbone.body.modules() if "Norm" in type(m).__name__]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    trainable = {n.split(".")[0] for n, p in backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    frozen_all = build_resnet_fpn_backbone(depth=18, out_channels=32, trainable_layers=0)
+    assert not any(p.requires_grad for p in frozen_all.body.parameters())
+    assert all(p.requires_grad for p in frozen_all.fpn.parameters())
+
+
+def test_siamese_head_shapes_and_bilinear_score():
+    torch.manual_seed(0)
+    head = SiameseHead(in_channels=16, hidden_size=32, num_residual_blocks=4, pooler_resolution=7)
+    tail = ["AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in head.projector] == ["ResidualBlock"] * 4 + tail
+    proposals = head.embed(torch.rand(5, 16, 7, 7))
+    queries = head.embed(torch.rand(3, 16, 7, 7))
+    assert proposals.shape == (5, 32) and queries.shape == (3, 32)
+    logits = head.score(proposals, queries)
+    assert logits.shape == (3, 5)
+    for q in range(3):  # logit[q, k] = compare(p_k, q_q)
+        expected = head.compare(proposals, queries[q].expand(5, -1))[:, 0]
+        torch.testing.assert_close(logits[q], expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------- ROI labelling
+def test_negative_frame_gives_only_negative_rois():
+    proposals = [torch.tensor([[0.0, 0, 50, 50], [10, 10, 60, 60], [5, 5, 40, 40]])]
+    boxes, labels = sample_proposals(
+        proposals, [torch.zeros(0, 4)], rois_per_image=64, positive_fraction=0.1, fg_iou_thresh=0.5
+    )
+    assert len(boxes[0]) == 3 and labels[0].tolist() == [0, 0, 0]
+
+
+def test_positive_frame_sampling_appends_gt_and_caps_positives():
+    torch.manual_seed(0)
+    gt = torch.tensor([[100.0, 100, 200, 200]])
+    near = gt + torch.randn(30, 4) * 3  # IoU >= 0.5 with the GT
+    far = torch.rand(100, 4) * 50 + torch.tensor([0.0, 0, 60, 60])  # x1,y1 in [0,50], x2,y2 in [60,110]: IoU < 0.5
+    boxes, labels = sample_proposals(
+        [torch.cat([near, far])], [gt], rois_per_image=20, positive_fraction=0.25, fg_iou_thresh=0.5
+    )
+    assert len(boxes[0]) == 20 and int(labels[0].sum()) == 5  # int(20 * 0.25) positives
+    only_gt, only_gt_labels = sample_proposals(
+        [far], [gt], rois_per_image=20, positive_fraction=0.25, fg_iou_thresh=0.5
+    )
+    assert int(only_gt_labels[0].sum()) == 1  # the appended GT is the only positive
+    assert any(torch.equal(b, gt[0]) for b in only_gt[0][only_gt_labels[0] == 1])
+
+
+def test_cross_batch_labels_positive_only_on_own_image():
+    labels, valid = cross_batch_labels([torch.tensor([1, 0, 1]), torch.tensor([0, 1])])
+    assert labels.tolist() == [[1, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
+    assert valid.all()
+    _, own_only = cross_batch_labels([torch.tensor([1, 0, 1]), torch.tensor([0, 1])], cross_batch=False)
+    assert own_only.tolist() == [[True, True, True, False, False], [False, False, False, True, True]]
+
+
+def test_hard_negative_mining_keeps_positives_and_top_negatives():
+    logits = torch.tensor([[0.1, 5.0, -1.0, 3.0, 2.0, -4.0], [9.0, 1.0, 2.0, 0.0, -1.0, 8.0]])
+    labels = torch.tensor([[1.0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 0]])
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    valid[1, 0] = False  # an invalid pair is never kept, even with the top score
+    keep = mine_hard_negatives(logits, labels, valid, num_negatives=2)
+    assert keep.tolist() == [
+        [True, True, False, True, False, True],  # positives 0, 5 (low scores kept) + negatives 5.0, 3.0
+        [False, False, True, False, True, True],  # positive 4 + negatives 8.0, 2.0
+    ]
+    assert mine_hard_negatives(logits, labels, valid, None).tolist() == valid.tolist()
+
+
+# ----------------------------------------------------------------- full model
+def test_training_losses_are_finite_and_backprop():
+    model = tiny_model(trainable_backbone_layers=5).train()
+    images, crops, targets = frames_and_crops()
+    losses = model(images, crops, targets)
+    assert set(losses) == {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg"}
+    for value in losses.values():
+        assert value.dim() == 0 and torch.isfinite(value)
+    sum(losses.values()).backward()
+    head, backbone = model.head, model.backbone
+    for part in (head.projector, head.compare, model.rpn.head, backbone.body.conv1, backbone.fpn):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_all_negative_batch_trains_with_zero_labels(monkeypatch):
+    import vq2d.modeling.siamrcnn as siamrcnn
+
+    seen = {}
+    bce = F.binary_cross_entropy_with_logits
+
+    def spy(logits, labels, *args, **kwargs):
+        seen["labels"] = labels
+        return bce(logits, labels, *args, **kwargs)
+
+    monkeypatch.setattr(siamrcnn.F, "binary_cross_entropy_with_logits", spy)
+    model = tiny_model().train()
+    images, crops, _ = frames_and_crops()
+    losses = model(images, crops, [{"boxes": torch.zeros(0, 4)}, {"boxes": torch.zeros(0, 4)}])
+    assert torch.isfinite(losses["loss_siam"]) and seen["labels"].numel() > 0
+    assert seen["labels"].sum() == 0
+
+
+def test_detect_matches_forward_inference():
+    model = tiny_model().eval()
+    images, crops, _ = frames_and_crops()
+    with torch.no_grad():
+        pairs = model(images, crops)
+        frames = model.extract_frames(images)
+        queries = model.encode_crops(crops.flip(0))  # query order reversed: query 1 = crop 0
+        per_frame = model.detect(frames, queries)
+    assert len(pairs) == 2 and len(per_frame) == 2 and all(len(r) == 2 for r in per_frame)
+    for i, (image, result) in enumerate(zip(images, pairs)):
+        k = len(result["scores"])
+        assert 0 < k <= model.detections_per_frame
+        assert result["boxes"].shape == (k, 4) and ((result["scores"] > 0) & (result["scores"] < 1)).all()
+        assert (result["scores"][:-1] >= result["scores"][1:]).all()
+        h, w = image.shape[-2:]
+        assert (result["boxes"][:, 2] <= w + 1e-3).all() and (result["boxes"][:, 3] <= h + 1e-3).all()
+        batched = per_frame[i][1 - i]
+        torch.testing.assert_close(batched["boxes"], result["boxes"])
+        torch.testing.assert_close(batched["scores"], result["scores"], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_options_freeze_and_param_groups():
+    model = tiny_model(freeze_backbone=True, freeze_rpn=True).train()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not any(p.requires_grad for p in model.rpn.parameters())
+    groups = model.param_groups(lr_head=0.02, lr_backbone=0.002, weight_decay=1e-4)
+    assert [g["name"] for g in groups] == ["head"] and groups[0]["lr"] == 0.02
+    assert len(groups[0]["params"]) == len(list(model.head.parameters()))
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    optimizer = torch.optim.SGD(groups, lr=0.02, momentum=0.9)
+    images, crops, targets = frames_and_crops()
+    for _ in range(2):
+        optimizer.zero_grad()
+        sum(model(images, crops, targets).values()).backward()
+        optimizer.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and FrozenBN statistics
+
+    trained = tiny_model(trainable_backbone_layers=5)
+    groups = {g["name"]: g for g in trained.param_groups(lr_head=0.02, lr_backbone=0.002, weight_decay=1e-4)}
+    assert groups["backbone"]["lr"] == 0.002 and groups["backbone"]["weight_decay"] == 1e-4
+    expected = len(list(trained.backbone.parameters())) + len(list(trained.rpn.parameters()))
+    assert len(groups["backbone"]["params"]) == expected
+
+
+def test_bgr_model_flips_input_channels():
+    stats = {"pixel_mean": [120.0, 110.0, 100.0], "pixel_std": [70.0, 60.0, 50.0]}
+    rgb = tiny_model(seed=3, **stats).eval()
+    bgr = tiny_model(seed=4, input_format="BGR", **stats).eval()
+    bgr.load_state_dict(rgb.state_dict())
+    crops = frames_and_crops()[1]
+    with torch.no_grad():
+        same = bgr.encode_crops(crops)
+        torch.testing.assert_close(same, rgb.encode_crops(crops.flip(1)), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(same, rgb.encode_crops(crops), atol=1e-3)
+
+
+def test_autocast_bf16_train_and_inference():
+    model = tiny_model()
+    images, crops, targets = frames_and_crops()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(images, crops, targets)
+        with torch.no_grad():
+            results = model.eval()(images, crops)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(r["boxes"].dtype == torch.float32 and torch.isfinite(r["scores"]).all() for r in results)
+
+
+def test_sgd_steps_lower_the_loss_on_a_fixed_batch():
+    model = tiny_model(trainable_backbone_layers=0).train()  # FPN, RPN and head train
+    images, crops, targets = frames_and_crops()
+    optimizer = torch.optim.SGD(model.param_groups(0.005, 0.005, 0.0), lr=0.005, momentum=0.9)
+
+    def loss_at_fixed_sampling() -> float:
+        torch.manual_seed(123)  # same ROI / anchor sampling each time
+        with torch.no_grad():
+            return float(sum(model(images, crops, targets).values()))
+
+    initial = loss_at_fixed_sampling()
+    for step in range(6):
+        torch.manual_seed(step)
+        optimizer.zero_grad()
+        sum(model(images, crops, targets).values()).backward()
+        optimizer.step()
+    assert loss_at_fixed_sampling() < 0.85 * initial
+
+
+# ------------------------------------------------------------------------ config
+@pytest.mark.parametrize("name", ["r18_fpn", "r50_fpn", "r50_fpn_detectron2"])
+def test_config_group_options_build(name):
+    model = build_model(model_config(name))
+    cfg = model_config(name)
+    assert model.input_format == cfg["input_format"]
+    first_block = model.backbone.body.layer2[0]
+    strided = first_block.conv1 if cfg["stride_in_1x1"] or cfg["depth"] < 50 else first_block.conv2
+    assert strided.stride == (2, 2)
+    assert model.transform.min_size == tuple(cfg["min_size"])
+
+
+def test_build_model_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        build_model({"depth": 18, "dpeth": 50})
+    with pytest.raises(ValueError, match="model.rpn"):
+        build_model({"depth": 18, "rpn": {"nms_thres": 0.7}})
+    with pytest.raises(ValueError, match="crops must be"):
+        tiny_model().eval()([torch.rand(3, 64, 64)], torch.rand(1, 3, 32, 32))

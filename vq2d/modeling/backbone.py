@@ -1,0 +1,86 @@
+"""ResNet (18/50/101) + FPN backbone built from torchvision parts.
+
+The module tree is torchvision's ``BackboneWithFPN``: ``body`` (conv1, bn1, layer1..layer4)
+and ``fpn`` (inner_blocks, layer_blocks, LastLevelMaxPool), so torchvision detector and
+ImageNet state dicts load by name. Output: an ordered dict of 5 maps with ``out_channels``
+channels, keys ``"0"``..``"3"`` = P2..P5 (strides 4, 8, 16, 32) and ``"pool"`` = P6
+(stride 64).
+"""
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+RESNETS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+# Name of the P3 map in the FPN output and its stride (the siamese head reads P3 only).
+P3_KEY = "1"
+P3_STRIDE = 8
+# Parts of the ResNet trunk, from the top; ``trainable_layers=k`` trains the first k.
+_TRUNK_PARTS = ("layer4", "layer3", "layer2", "layer1", "conv1")
+
+
+def move_stride_to_1x1(trunk: resnet.ResNet) -> None:
+    """Put each stage's stride on the first 1x1 conv of its bottlenecks (detectron2 / MSRA style).
+
+    torchvision puts the stride on the 3x3 conv (``conv2``); detectron2 checkpoints were trained
+    with it on the 1x1 ``conv1``. Output shapes do not change.
+    """
+    for stage in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
+        for block in stage:
+            if not isinstance(block, resnet.Bottleneck):
+                raise ValueError("stride_in_1x1 applies to bottleneck ResNets (depth 50/101)")
+            stride = block.conv2.stride
+            if stride != (1, 1):
+                block.conv1.stride, block.conv2.stride = stride, (1, 1)
+
+
+def freeze_trunk_layers(trunk: nn.Module, trainable_layers: int) -> None:
+    """Set ``requires_grad=False`` on all trunk parameters except the top ``trainable_layers``
+    parts (0 = all frozen, 3 = layer2..layer4 trained as detectron2's FREEZE_AT=2, 5 = all)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+    train = list(_TRUNK_PARTS[:trainable_layers])
+    if trainable_layers == 5:
+        train.append("bn1")
+    for name, param in trunk.named_parameters():
+        if not any(name.startswith(part) for part in train):
+            param.requires_grad_(False)
+
+
+def build_resnet_fpn_backbone(
+    *,
+    depth: int = 50,
+    out_channels: int = 256,
+    trainable_layers: int = 3,
+    stride_in_1x1: bool = False,
+    frozen_bn: bool = True,
+) -> BackboneWithFPN:
+    """ResNet-``depth`` + FPN with random init (pretrained weights: vq2d.modeling.weights).
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        out_channels: FPN channels (256 in the paper).
+        trainable_layers: trunk parts left trainable, from the top (see freeze_trunk_layers).
+        stride_in_1x1: detectron2-style stride placement (bottleneck ResNets only).
+        frozen_bn: FrozenBatchNorm2d (statistics and affine fixed) instead of BatchNorm2d.
+    Returns:
+        module mapping images ``[N, 3, H, W]`` to ``{"0": [N, C, H/4, W/4], ..., "pool": [N, C, H/64, W/64]}``.
+    """
+    if depth not in RESNETS:
+        raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
+    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    trunk = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    if stride_in_1x1:
+        move_stride_to_1x1(trunk)
+    freeze_trunk_layers(trunk, trainable_layers)
+    stage_channels = trunk.inplanes // 8  # channels of layer1's output
+    return BackboneWithFPN(
+        trunk,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[stage_channels * 2**i for i in range(4)],
+        out_channels=out_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )

@@ -1,0 +1,102 @@
+"""Training-time proposal labelling for the siamese head.
+
+1. ``sample_proposals``: per image, append the GT box to the RPN proposals, label each
+   proposal positive when its IoU with a GT box is >= ``fg_iou_thresh``, sample
+   ``rois_per_image`` of them with at most ``positive_fraction`` positives. A negative frame
+   (no GT box) yields only negatives.
+2. ``cross_batch_labels``: every query is paired with the sampled proposals of every image
+   of the batch; only (query i, positive proposal of image i) pairs are positive.
+3. ``mine_hard_negatives``: per query keep all positives + the highest-scoring negatives.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+from torchvision.ops import box_iou
+
+
+def label_proposals(proposals: Tensor, gt_boxes: Tensor, fg_iou_thresh: float) -> Tensor:
+    """``[K, 4]`` proposals, ``[G, 4]`` GT (xyxy, same coordinates) -> ``[K]`` int64 labels (1 = positive)."""
+    if gt_boxes.numel() == 0 or proposals.numel() == 0:
+        return torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device)
+    best_iou = box_iou(gt_boxes.float(), proposals.float()).max(dim=0).values
+    return (best_iou >= fg_iou_thresh).to(torch.int64)
+
+
+def sample_proposals(
+    proposals: list[Tensor],
+    gt_boxes: list[Tensor],
+    *,
+    rois_per_image: int,
+    positive_fraction: float,
+    fg_iou_thresh: float,
+    append_gt: bool = True,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Sample labelled ROIs per image.
+
+    Args:
+        proposals: per image ``[K_i, 4]`` RPN boxes (detached).
+        gt_boxes: per image ``[G_i, 4]`` GT boxes, ``G_i`` may be 0 (negative frame).
+        rois_per_image: ROIs kept per image (fewer when the image has fewer proposals).
+        positive_fraction: at most ``int(rois_per_image * positive_fraction)`` positives.
+        fg_iou_thresh: IoU at or above which a proposal is positive.
+        append_gt: add the GT boxes to the candidates (so every positive frame has a positive).
+    Returns:
+        boxes: per image ``[R_i, 4]``; labels: per image ``[R_i]`` int64 in {0, 1}.
+    """
+    sampler = BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
+    candidates, labels = [], []
+    for props, gt in zip(proposals, gt_boxes):
+        gt = gt.reshape(-1, 4).to(props)
+        if append_gt:
+            props = torch.cat([props, gt], dim=0)
+        candidates.append(props)
+        labels.append(label_proposals(props, gt, fg_iou_thresh))
+    pos_masks, neg_masks = sampler(labels)
+    boxes_out, labels_out = [], []
+    for props, lab, pos, neg in zip(candidates, labels, pos_masks, neg_masks):
+        keep = torch.where(pos.bool() | neg.bool())[0]
+        boxes_out.append(props[keep])
+        labels_out.append(lab[keep])
+    return boxes_out, labels_out
+
+
+def cross_batch_labels(labels_per_image: list[Tensor], cross_batch: bool = True) -> tuple[Tensor, Tensor]:
+    """Pair query i (i = image index) with the sampled ROIs of all images.
+
+    Args:
+        labels_per_image: per image ``[R_i]`` labels in {0, 1} (image i is the frame of query i).
+        cross_batch: when False, query i is paired with image i's ROIs only.
+    Returns:
+        labels: ``[B, N]`` float (N = sum R_i); 1 only where the ROI is a positive of image i.
+        valid: ``[B, N]`` bool, which pairs enter the loss.
+    """
+    labels = torch.cat(labels_per_image)
+    image_of_roi = torch.cat(
+        [torch.full_like(lab, i) for i, lab in enumerate(labels_per_image)]
+    )  # [N]
+    queries = torch.arange(len(labels_per_image), device=labels.device)
+    same_image = image_of_roi[None, :] == queries[:, None]  # [B, N]
+    pair_labels = (same_image & (labels[None, :] == 1)).float()
+    valid = torch.ones_like(same_image) if cross_batch else same_image
+    return pair_labels, valid
+
+
+def mine_hard_negatives(logits: Tensor, labels: Tensor, valid: Tensor, num_negatives: int | None) -> Tensor:
+    """Per query keep every positive and the ``num_negatives`` highest-scoring negatives.
+
+    Args: logits ``[Q, N]``, labels ``[Q, N]`` in {0, 1}, valid ``[Q, N]`` bool;
+        ``num_negatives=None`` keeps every valid negative.
+    Returns: ``[Q, N]`` bool mask of the pairs that enter the loss.
+    """
+    positives = valid & (labels > 0.5)
+    negatives = valid & (labels <= 0.5)
+    if num_negatives is None or logits.shape[1] == 0:
+        return positives | negatives
+    k = min(num_negatives, logits.shape[1])
+    neg_scores = logits.detach().float().masked_fill(~negatives, float("-inf"))
+    top = neg_scores.topk(k, dim=1).indices  # [Q, k]
+    hard = torch.zeros_like(negatives)
+    hard.scatter_(1, top, True)
+    return positives | (hard & negatives)

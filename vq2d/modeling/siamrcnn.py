@@ -1,0 +1,283 @@
+"""SiamRCNN: ResNet-FPN backbone + RPN + siamese ROI head (DESIGN 5.3).
+
+Training scores every visual crop of the batch against the sampled ROIs of every frame of
+the batch (cross-batch negatives) with hard-negative mining. Inference splits into a
+query-independent part (``extract_frames``: backbone, FPN, RPN and proposal embeddings, once
+per frame) and a cheap query-dependent part (``encode_crops`` once per query, ``detect``),
+so a detection pass can score many queries against the same frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import nms, roi_align
+
+from vq2d.modeling.backbone import P3_KEY, P3_STRIDE
+from vq2d.modeling.proposal_sampling import cross_batch_labels, mine_hard_negatives, sample_proposals
+
+LOSS_NAMES = ("loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg")
+
+
+@dataclass
+class FrameProposals:
+    """Query-independent output of ``SiamRCNN.extract_frames`` for a list of frames.
+
+    boxes: per frame ``[K_i, 4]`` float32 xyxy proposals in input-image coordinates.
+    embeddings: per frame ``[K_i, hidden]`` projected proposal embeddings.
+    image_sizes: per frame input ``(H, W)``.
+    """
+
+    boxes: list[Tensor]
+    embeddings: list[Tensor]
+    image_sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def to(self, device: torch.device | str) -> "FrameProposals":
+        return FrameProposals(
+            [b.to(device) for b in self.boxes], [e.to(device) for e in self.embeddings], list(self.image_sizes)
+        )
+
+
+class SiamRCNN(nn.Module):
+    """Siamese detector: which proposals of a frame show the object of a visual crop.
+
+    Args:
+        backbone: images ``[N, 3, H, W]`` -> FPN maps ``{"0".."3", "pool"}`` (vq2d.modeling.backbone).
+        rpn: torchvision ``RegionProposalNetwork`` over all FPN maps (vq2d.modeling.rpn).
+        head: ``SiameseHead`` (projector + bilinear comparison).
+        pixel_mean, pixel_std: 3 values in ``input_format`` channel order, 0..255 scale.
+        input_format: "RGB" or "BGR"; inputs are always RGB and are flipped for "BGR".
+        min_size: short sides of the resized frame; training draws one at random, inference
+            uses the last one.
+        max_size: cap on the long side of the resized frame.
+        size_divisible: the batched frame tensor is zero-padded to a multiple of this.
+        rois_per_image, positive_fraction, fg_iou_thresh: ROI sampling of the siamese loss.
+        append_gt: add the GT box to the ROI candidates in training.
+        cross_batch_negatives: score every crop against the ROIs of every frame of the batch.
+        hard_negatives_per_query: negatives kept per query by hard-negative mining (None: all).
+        crop_size: side S of the square visual crops.
+        roi_sampling_ratio, roi_aligned: RoIAlign options (0 and True = detectron2's ROIAlignV2).
+        detections_per_frame, nms_thresh, score_thresh: inference post-processing (class-agnostic
+            NMS, then top-k; a detection needs probability > score_thresh).
+        freeze_backbone, freeze_rpn: set ``requires_grad=False`` on the backbone (trunk + FPN) /
+            the RPN head.
+        loss_weights: multiplier per returned loss (default 1 each).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        rpn: nn.Module,
+        head: nn.Module,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+        input_format: str = "RGB",
+        min_size: tuple[int, ...] = (800,),
+        max_size: int = 1333,
+        size_divisible: int = 32,
+        rois_per_image: int = 64,
+        positive_fraction: float = 0.1,
+        fg_iou_thresh: float = 0.5,
+        append_gt: bool = True,
+        cross_batch_negatives: bool = True,
+        hard_negatives_per_query: int | None = 64,
+        crop_size: int = 256,
+        roi_sampling_ratio: int = 0,
+        roi_aligned: bool = True,
+        detections_per_frame: int = 10,
+        nms_thresh: float = 0.5,
+        score_thresh: float = 0.0,
+        freeze_backbone: bool = False,
+        freeze_rpn: bool = False,
+        loss_weights: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
+        if len(pixel_mean) != 3 or len(pixel_std) != 3:
+            raise ValueError("pixel_mean and pixel_std need 3 values each")
+        self.backbone, self.rpn, self.head = backbone, rpn, head
+        self.input_format = input_format
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
+        min_size = (min_size,) if isinstance(min_size, int) else tuple(min_size)
+        self.transform = GeneralizedRCNNTransform(
+            min_size, max_size, list(map(float, pixel_mean)), list(map(float, pixel_std)), size_divisible
+        )
+        self.rois_per_image = rois_per_image
+        self.positive_fraction = positive_fraction
+        self.fg_iou_thresh = fg_iou_thresh
+        self.append_gt = append_gt
+        self.cross_batch_negatives = cross_batch_negatives
+        self.hard_negatives_per_query = hard_negatives_per_query
+        self.crop_size = crop_size
+        self.roi_sampling_ratio = roi_sampling_ratio
+        self.roi_aligned = roi_aligned
+        self.detections_per_frame = detections_per_frame
+        self.nms_thresh = nms_thresh
+        self.score_thresh = score_thresh
+        weights = dict.fromkeys(LOSS_NAMES, 1.0)
+        unknown = set(loss_weights or {}) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss_weights keys {sorted(unknown)}; known: {list(LOSS_NAMES)}")
+        weights.update(loss_weights or {})
+        self.loss_weights = weights
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        if freeze_rpn:
+            self.rpn.requires_grad_(False)
+
+    # ------------------------------------------------------------------ inputs
+    def _to_model_channels(self, x: Tensor) -> Tensor:
+        """RGB 0..255 ``[..., 3, H, W]`` -> float in the model's channel order."""
+        x = x if x.is_floating_point() else x.float()
+        return x.flip(-3) if self.input_format == "BGR" else x
+
+    def _check_pairs(self, images: list[Tensor], crops: Tensor) -> None:
+        if crops.dim() != 4 or crops.shape[1] != 3 or crops.shape[-2:] != (self.crop_size, self.crop_size):
+            raise ValueError(f"crops must be [B, 3, {self.crop_size}, {self.crop_size}], got {list(crops.shape)}")
+        if len(images) != len(crops):
+            raise ValueError(f"got {len(images)} images but {len(crops)} crops: one crop per image")
+
+    # ----------------------------------------------------------- building blocks
+    def _run_detector(self, images: list[Tensor], targets: list[dict] | None = None):
+        """Resize + normalise + pad, backbone + FPN, RPN.
+
+        Returns (image_list, features, proposals per image ``[K_i, 4]`` in resized coords,
+        RPN losses (training), targets with boxes in resized coords).
+        """
+        images = [self._to_model_channels(img) for img in images]
+        image_list, targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, rpn_losses = self.rpn(image_list, features, targets)
+        return image_list, features, proposals, rpn_losses, targets
+
+    def _pool_rois(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
+        """RoIAlign on P3: per image ``[K_i, 4]`` boxes (resized coords) -> ``[sum K_i, C, R, R]``."""
+        return roi_align(
+            features[P3_KEY],
+            [b.float() for b in boxes],
+            output_size=self.head.pooler_resolution,
+            spatial_scale=1.0 / P3_STRIDE,
+            sampling_ratio=self.roi_sampling_ratio,
+            aligned=self.roi_aligned,
+        )
+
+    def encode_crops(self, crops: Tensor) -> Tensor:
+        """Visual crops ``[Q, 3, S, S]`` (RGB, 0..255) -> query embeddings ``[Q, hidden]``."""
+        x = (self._to_model_channels(crops) - self.pixel_mean) / self.pixel_std
+        p3 = self.backbone(x)[P3_KEY]  # [Q, C, S/8, S/8]
+        pooled = F.adaptive_avg_pool2d(p3, self.head.pooler_resolution)  # [Q, C, R, R]
+        return self.head.embed(pooled)
+
+    def score(self, proposal_emb: Tensor, query_emb: Tensor) -> Tensor:
+        """Logits ``[Q, K]`` of proposals ``[K, hidden]`` against queries ``[Q, hidden]``."""
+        return self.head.score(proposal_emb, query_emb)
+
+    def extract_frames(self, images: list[Tensor]) -> FrameProposals:
+        """Backbone + FPN + RPN once per frame (eval mode); no query involved.
+
+        images: list of ``[3, H_i, W_i]`` RGB 0..255. Returns proposals in input coordinates
+        with their embeddings (RoIAlign 14x14 on P3 -> projector).
+        """
+        if self.training:
+            raise RuntimeError("extract_frames runs in eval mode: call model.eval() first")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        image_list, features, proposals, _, _ = self._run_detector(images)
+        embeddings = self.head.embed(self._pool_rois(features, proposals))
+        embeddings = embeddings.split([len(p) for p in proposals])
+        boxes = [
+            resize_boxes(p.float(), resized, original)
+            for p, resized, original in zip(proposals, image_list.image_sizes, original_sizes)
+        ]
+        return FrameProposals(boxes, list(embeddings), original_sizes)
+
+    def _detect_in_frame(self, boxes: Tensor, embeddings: Tensor, query_emb: Tensor) -> list[dict[str, Tensor]]:
+        """One frame's proposals ``[K, 4]`` / ``[K, hidden]`` against queries ``[Q, hidden]``.
+
+        Returns per query {"boxes": ``[k, 4]``, "scores": ``[k]``}, k <= detections_per_frame,
+        sorted by decreasing score.
+        """
+        scores = torch.sigmoid(self.score(embeddings, query_emb))  # [Q, K]
+        results = []
+        for query_scores in scores:
+            keep = torch.where(query_scores > self.score_thresh)[0]
+            kept = keep[nms(boxes[keep], query_scores[keep], self.nms_thresh)][: self.detections_per_frame]
+            results.append({"boxes": boxes[kept], "scores": query_scores[kept]})
+        return results
+
+    def detect(self, frames: FrameProposals, query_emb: Tensor) -> list[list[dict[str, Tensor]]]:
+        """Every query ``[Q, hidden]`` on every frame -> ``[frame][query]`` {"boxes", "scores"}."""
+        return [self._detect_in_frame(b, e, query_emb) for b, e in zip(frames.boxes, frames.embeddings)]
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, images: list[Tensor], crops: Tensor, targets: list[dict] | None = None):
+        """images: list of B ``[3, H_i, W_i]`` RGB 0..255; crops ``[B, 3, S, S]`` RGB 0..255;
+        targets (training): B dicts {"boxes": ``[n_i, 4]``} xyxy input coords, n_i = 0 for a
+        negative frame.
+
+        Training: {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg"} (weighted).
+        Inference: B dicts {"boxes": ``[k, 4]``, "scores": ``[k]``} for pair (images[i], crops[i]).
+        """
+        self._check_pairs(images, crops)
+        if not self.training:
+            frames = self.extract_frames(images)
+            query_emb = self.encode_crops(crops)
+            return [
+                self._detect_in_frame(frames.boxes[i], frames.embeddings[i], query_emb[i : i + 1])[0]
+                for i in range(len(images))
+            ]
+        if targets is None or len(targets) != len(images):
+            raise ValueError("training needs one target dict {'boxes': [n, 4]} per image")
+        targets = [{"boxes": t["boxes"].reshape(-1, 4).float()} for t in targets]
+        _, features, proposals, rpn_losses, targets = self._run_detector(images, targets)
+        rois, roi_labels = sample_proposals(
+            [p.detach() for p in proposals],
+            [t["boxes"] for t in targets],
+            rois_per_image=self.rois_per_image,
+            positive_fraction=self.positive_fraction,
+            fg_iou_thresh=self.fg_iou_thresh,
+            append_gt=self.append_gt,
+        )
+        roi_emb = self.head.embed(self._pool_rois(features, rois))  # [N, hidden]
+        logits = self.score(roi_emb, self.encode_crops(crops))  # [B, N]
+        labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives)
+        keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query)
+        if keep.any():
+            loss_siam = F.binary_cross_entropy_with_logits(logits[keep], labels[keep])
+        else:  # no ROI at all in the batch
+            loss_siam = logits.sum() * 0.0
+        losses = {
+            "loss_siam": loss_siam,
+            "loss_rpn_objectness": rpn_losses["loss_objectness"],
+            "loss_rpn_box_reg": rpn_losses["loss_rpn_box_reg"],
+        }
+        return {name: value * self.loss_weights[name] for name, value in losses.items()}
+
+    # -------------------------------------------------------------- optimiser
+    def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Trainable parameters by part: {"backbone": ..., "rpn": ..., "head": ...}."""
+        parts = {"backbone": self.backbone, "rpn": self.rpn, "head": self.head}
+        return {
+            part: [(f"{part}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+            for part, module in parts.items()
+        }
+
+    def param_groups(self, lr_head: float, lr_backbone: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: the head at ``lr_head``, backbone + RPN at ``lr_backbone``.
+
+        Frozen parameters are left out; empty groups are dropped. Each group has a "name".
+        """
+        named = self.named_parameter_groups()
+        groups = [
+            {"name": "head", "params": [p for _, p in named["head"]], "lr": lr_head},
+            {"name": "backbone", "params": [p for _, p in named["backbone"] + named["rpn"]], "lr": lr_backbone},
+        ]
+        return [dict(g, weight_decay=weight_decay) for g in groups if g["params"]]
