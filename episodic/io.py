@@ -46,9 +46,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as JSON (deterministic key order as given, UTF-8)."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
+    # json.dumps + one write is several times faster than json.dump's many small writes
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

@@ -1,0 +1,273 @@
+"""NLQ training / evaluation samples and their batching (DESIGN 6.2, 6.5).
+
+:class:`NLQDataset` turns :class:`~nlq.data.annotations.NLQQuery` records into per-sample
+dicts (pooled clip features, duration, labels); :class:`NLQCollator` pads them into the
+batch every NLQ model consumes; :func:`build_datasets` is the one place translating the
+``data`` config into datasets.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from episodic.errors import DataError
+from nlq.data.annotations import NLQKey, NLQQuery, load_nlq_annotations
+from nlq.data.features import FEATURES_PER_SECOND, FeatureStore, pool_to_max_len
+from nlq.data.labels import highlight_labels, is_naq_query, span_labels
+
+log = logging.getLogger(__name__)
+
+MIN_WINDOW_SEC = 1.0 / 30.0  # train/val queries with a window this short or shorter are dropped
+SHORT_FEATURE_TOLERANCE = 2  # steps: features covering less than clip - this are "short"
+
+
+def expand_window(window: tuple[float, float], duration: float, max_scale: float,
+                  rng: np.random.Generator) -> tuple[float, float]:
+    """NaQ window expansion (DESIGN 6.5): width ``w' = w * U(1, max_scale)`` (at most the
+    duration), placed at a random offset so that it still contains ``window`` and stays in
+    ``[0, duration]``. ``window`` must lie in ``[0, duration]``."""
+    start, end = window
+    width = end - start
+    new_width = min(width * rng.uniform(1.0, max_scale), duration)
+    low = max(0.0, end - new_width)  # leftmost start still containing the window
+    high = min(start, duration - new_width)  # rightmost start, window inside the clip
+    new_start = rng.uniform(low, high) if high > low else low
+    return new_start, min(new_start + new_width, duration)
+
+
+class NLQDataset(Dataset):
+    """One sample per language query.
+
+    Args:
+        queries: queries with text (``NLQAnnotationFile.queries()``), NLQ and NaQ mixed.
+        features: where clip features come from.
+        max_len: features longer than this are mean-pooled to it (VSLNet 128, ReLER 600).
+        train: training mode: NaQ samples get a random window expansion at every draw.
+        naq_expansion: max scale S of the NaQ expansion (2.5; 5.0 for NaQ++); None = off.
+        seed: seed of the expansion RNG; None = derive it from torch's seed (set by the
+            trainer, and per worker / epoch by the DataLoader).
+        min_window_sec: queries with a known window of at most this length are dropped
+            (train and val); None keeps them.
+        short_feature_tolerance: features covering fewer than clip duration minus this many
+            steps are "short": the sample's duration becomes the covered seconds.
+
+    A sample is a dict: ``key`` (NLQKey), ``query`` (str, as in the file), ``video`` [N, D]
+    (N = min(T, max_len)), ``feature_dims`` (D of each feature set), ``duration`` (s),
+    ``window`` ((start, end) s, after NaQ expansion; None without GT), ``start_label``,
+    ``end_label`` (int; None without GT), ``highlight_label`` [N] (None without GT), ``is_naq``.
+    """
+
+    def __init__(self, queries: list[NLQQuery], features: FeatureStore, max_len: int, train: bool,
+                 naq_expansion: float | None = 2.5, seed: int | None = None,
+                 min_window_sec: float | None = MIN_WINDOW_SEC,
+                 short_feature_tolerance: int = SHORT_FEATURE_TOLERANCE, name: str = ""):
+        self.features = features
+        self.max_len = int(max_len)
+        self.train = bool(train)
+        self.naq_expansion = naq_expansion if naq_expansion and naq_expansion > 1.0 else None
+        self.seed = seed
+        self.short_feature_tolerance = short_feature_tolerance
+        self.name = name
+        self.stats = {"queries": len(queries), "dropped_short_window": 0, "short_features": 0,
+                      "window_outside_features": 0, "naq": 0, "kept": 0}
+        self.queries: list[NLQQuery] = []
+        for q in queries:
+            if q.window is not None and min_window_sec is not None and q.window[1] - q.window[0] <= min_window_sec:
+                self.stats["dropped_short_window"] += 1
+                continue
+            duration, short = self._duration(self._num_steps(q), q)
+            self.stats["short_features"] += short
+            if q.window is not None and min(q.window[1], duration) - q.window[0] <= 0:
+                self.stats["window_outside_features"] += 1
+                if self.train:  # no usable target; kept in evaluation (scored on the file)
+                    continue
+            self.stats["naq"] += is_naq_query(q.query)
+            self.queries.append(q)
+        self.stats["kept"] = len(self.queries)
+        self._rng: np.random.Generator | None = None
+        self._rng_token: Any = object()
+        log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        s = self.stats
+        outside = "dropped" if self.train else "kept"
+        return (f"NLQDataset {self.name or ''}: {s['kept']} of {s['queries']} queries ({s['naq']} NaQ); "
+                f"dropped {s['dropped_short_window']} with a window <= min_window_sec; "
+                f"{s['window_outside_features']} with the window outside the features ({outside}); "
+                f"{s['short_features']} with features shorter than the clip")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    # Helpers -------------------------------------------------------------------------------
+    def _clip_args(self, q: NLQQuery) -> tuple[str, str, float, float]:
+        return q.clip_uid, q.video_uid, q.video_start_sec, q.video_start_sec + q.clip_duration
+
+    def _num_steps(self, q: NLQQuery) -> int:
+        return self.features.num_steps(*self._clip_args(q))
+
+    def _duration(self, num_steps: int, q: NLQQuery) -> tuple[float, bool]:
+        """(seconds the sample spans, whether the features are short of the clip)."""
+        if num_steps <= 0:
+            raise DataError(f"features of clip {q.clip_uid} have no step (feature root {self.features.root})")
+        covered = num_steps / self.features.rate
+        if covered < q.clip_duration - self.short_feature_tolerance / self.features.rate:
+            return covered, True
+        return q.clip_duration, False
+
+    def _generator(self) -> np.random.Generator:
+        """Per-process RNG: reseeded in each DataLoader worker and each epoch (``info.seed``)."""
+        info = get_worker_info()
+        token = None if info is None else info.seed
+        if self._rng is None or token != self._rng_token:
+            base = self.seed if self.seed is not None else torch.initial_seed()
+            self._rng = np.random.default_rng([base] if token is None else [base, token])
+            self._rng_token = token
+        return self._rng
+
+    def __getitem__(self, index: int) -> dict:
+        q = self.queries[index]
+        feat = self.features.clip_features(*self._clip_args(q))  # [T, D]
+        duration, _ = self._duration(feat.shape[0], q)
+        video = pool_to_max_len(feat, self.max_len)  # [N, D]
+        num_steps = video.shape[0]
+        naq = is_naq_query(q.query)
+        sample = {"key": q.key, "query": q.query, "video": video, "feature_dims": tuple(self.features.dims),
+                  "duration": duration, "window": None, "start_label": None, "end_label": None,
+                  "highlight_label": None, "is_naq": naq}
+        if q.window is not None:
+            start = min(max(q.window[0], 0.0), duration)
+            window = (start, min(max(q.window[1], start), duration))
+            if self.train and naq and self.naq_expansion is not None:
+                window = expand_window(window, duration, self.naq_expansion, self._generator())
+            s_idx, e_idx = span_labels(window, duration, num_steps)
+            sample.update(window=window, start_label=s_idx, end_label=e_idx,
+                          highlight_label=torch.from_numpy(highlight_labels(s_idx, e_idx, num_steps)))
+        return sample
+
+
+class NLQCollator:
+    """Pads samples into a batch.
+
+    Args:
+        tokenize: list of query strings -> dict of text tensors (the text encoder's; it
+            owns sentence normalisation, see :func:`nlq.data.labels.normalize_query`).
+
+    Batch: ``video`` [B, T, Dv] (zero padded), ``video_mask`` [B, T] bool, ``feature_dims``
+    list[int], ``text`` (tokenize's dict), ``duration`` [B], and, when every sample has a
+    GT window, ``start_label`` [B] long, ``end_label`` [B] long, ``highlight_label`` [B, T]
+    float, ``gt_window`` [B, 2] float; ``keys`` list[NLQKey].
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], dict]):
+        self.tokenize = tokenize
+
+    def __call__(self, samples: list[dict]) -> dict:
+        if not samples:
+            raise ValueError("NLQCollator: empty batch")
+        dims = samples[0]["feature_dims"]
+        if any(s["feature_dims"] != dims for s in samples):
+            raise ValueError("NLQCollator: samples with different feature_dims in one batch")
+        lengths = [s["video"].shape[0] for s in samples]
+        size, max_steps = len(samples), max(lengths)
+        video = torch.zeros(size, max_steps, samples[0]["video"].shape[1], dtype=torch.float32)
+        mask = torch.zeros(size, max_steps, dtype=torch.bool)
+        for b, s in enumerate(samples):
+            video[b, :lengths[b]] = s["video"]
+            mask[b, :lengths[b]] = True
+        batch = {"video": video, "video_mask": mask, "feature_dims": list(dims),
+                 "text": self.tokenize([s["query"] for s in samples]),
+                 "duration": torch.tensor([s["duration"] for s in samples], dtype=torch.float32)}
+        labelled = [s["window"] is not None for s in samples]
+        if all(labelled):
+            highlight = torch.zeros(size, max_steps, dtype=torch.float32)
+            for b, s in enumerate(samples):
+                highlight[b, :lengths[b]] = s["highlight_label"]
+            batch.update(
+                start_label=torch.tensor([s["start_label"] for s in samples], dtype=torch.long),
+                end_label=torch.tensor([s["end_label"] for s in samples], dtype=torch.long),
+                highlight_label=highlight,
+                gt_window=torch.tensor([s["window"] for s in samples], dtype=torch.float32))
+        elif any(labelled):
+            raise ValueError("NLQCollator: a batch mixes samples with and without GT windows")
+        batch["keys"] = [NLQKey(*s["key"]) for s in samples]
+        return batch
+
+
+# Config -> datasets ------------------------------------------------------------------------
+DATA_DEFAULTS: dict = {
+    "root": "data/synthetic",            # data set root (ROOT/v2/annotations, ROOT/v2/nlq_features)
+    "annotations_dir": "v2/annotations",  # annotation folder, relative to root unless absolute
+    "splits": {                          # split name -> annotation file in annotations_dir
+        "train": "nlq_train.json",       # (nlq_train_naq.json: NLQ + NaQ from tools/make_naq.py)
+        "val": "nlq_val.json",
+    },
+    "train_splits": ["train"],           # splits built with train=True (NaQ expansion, drops)
+    "features": {
+        "root": "v2/nlq_features",       # folder of feature sets, relative to root unless absolute
+        "names": ["synthetic"],          # sets concatenated along D (ReLER: [main, clip]);
+                                         # synthetic: synthetic (+ synthetic_clip); Ego4D: e.g. slowfast
+        "per": "clip",                   # files per "clip" (clip_uid.pt) or per "video"
+        "rate": FEATURES_PER_SECOND,     # features per second
+        "cache_size": None,              # files kept in memory (None: all)
+    },
+    "max_len": 128,                      # pool longer features to this (VSLNet 128, ReLER 600)
+    "naq_expansion": 2.5,                # NaQ window expansion scale S (5.0 NaQ++; null: off)
+    "min_window_sec": MIN_WINDOW_SEC,    # drop train/val queries with windows this short
+    "seed": None,                        # NaQ expansion seed (null: from torch's seed)
+}
+
+
+def _merge(defaults: Mapping, overrides: Mapping, where: str) -> dict:
+    out = copy.deepcopy(dict(defaults))
+    for key, value in overrides.items():
+        if key not in defaults:
+            raise KeyError(f"unknown config key '{where}{key}' (known: {', '.join(defaults)})")
+        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping) and key != "splits":
+            out[key] = _merge(defaults[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_data_config(cfg: Mapping | None) -> dict:
+    """The ``data`` config with defaults filled in and paths made absolute (unknown keys are errors)."""
+    if cfg is not None and not isinstance(cfg, Mapping):  # an OmegaConf DictConfig
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    out = _merge(DATA_DEFAULTS, dict(cfg or {}), "data.")
+    root = Path(out["root"])
+    out["annotations_dir"] = str(root / out["annotations_dir"])
+    out["features"]["root"] = str(root / out["features"]["root"])
+    out["splits"] = {k: str(Path(out["annotations_dir"]) / v) for k, v in dict(out["splits"]).items()}
+    return out
+
+
+def build_datasets(cfg: Mapping | None, splits: list[str] | None = None,
+                   max_len: int | None = None) -> dict[str, NLQDataset]:
+    """Datasets of the requested splits (default: all in ``cfg.splits``) from the ``data``
+    config; ``max_len`` overrides ``cfg.max_len`` (the model's limit)."""
+    resolved = resolve_data_config(cfg)
+    features = FeatureStore.from_config(resolved["features"], data_root=resolved["root"])
+    names = list(resolved["splits"]) if splits is None else list(splits)
+    out = {}
+    for split in names:
+        if split not in resolved["splits"]:
+            raise KeyError(f"split '{split}' is not in data.splits ({', '.join(resolved['splits'])})")
+        path = resolved["splits"][split]
+        if not os.path.isfile(path):
+            raise DataError(f"annotation file of split '{split}' not found: {path}")
+        out[split] = NLQDataset(load_nlq_annotations(path).queries(), features,
+                                max_len=max_len or resolved["max_len"],
+                                train=split in resolved["train_splits"],
+                                naq_expansion=resolved["naq_expansion"], seed=resolved["seed"],
+                                min_window_sec=resolved["min_window_sec"], name=split)
+    return out

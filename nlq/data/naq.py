@@ -1,0 +1,268 @@
+"""NaQ: narrations as queries (DESIGN 6.1).
+
+Every EgoClip narration whose window lies fully inside a train clip of the VQ, NLQ or
+Moments annotations becomes an NLQ training query (text = the narration, ``#C C picks a
+bag``; window = narration window relative to the clip). A clip's narration queries form
+one annotation with ``annotation_uid = f"{video_uid}_{clip_uid}"`` and template "NaQ".
+The output is NLQ train plus these annotations, in the NLQ file format.
+
+Everything per narration is vectorised (pandas / numpy); Python loops run over file
+chunks, clips and videos only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from episodic.errors import DataError
+from episodic.io import atomic_write_json, read_json
+from episodic.schema import Node
+from nlq.data.annotations import parse_nlq_annotations
+
+log = logging.getLogger(__name__)
+
+EGOCLIP_COLUMNS = ["clip_idx", "video_uid", "video_dur", "narration_source", "narration_ind",
+                   "narration_time", "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"]
+POOL_FILES = ("nlq_train.json", "vq_train.json", "moments_train.json")  # NLQ first: its bounds win
+NAQ_TEMPLATE = "NaQ"
+_REQUIRED = ["video_uid", "clip_start", "clip_end", "clip_text"]
+_SKIPPED_LINE = re.compile(r"Skipping line \d+")
+
+
+@dataclass
+class NaQStats:
+    """Counts of one NaQ creation run."""
+
+    narration_rows: int = 0        # data rows in the TSV (well-formed or not)
+    malformed: int = 0             # rows skipped: wrong field count, bad times, no video/text
+    narrations: int = 0            # well-formed narrations
+    inside_clip: int = 0           # narrations inside at least one pool clip
+    outside_clips: int = 0         # narrations inside no pool clip
+    queries_added: int = 0         # (narration, clip) pairs = NaQ queries written
+    pool_clips: int = 0            # distinct clips in the pool
+    pool_sources: dict = field(default_factory=dict)  # pool file -> clips read from it
+    clips_with_naq: int = 0        # pool clips that received NaQ queries
+    new_clips: int = 0             # of those, clips not in NLQ train (added under their video)
+    nlq_train_queries: int = 0     # language queries of NLQ train (kept as they are)
+
+    def lines(self) -> list[str]:
+        return [f"narration rows read: {self.narration_rows} ({self.malformed} malformed, skipped)",
+                f"narrations inside a clip: {self.inside_clip}; outside every clip: {self.outside_clips}",
+                f"clip pool: {self.pool_clips} clips ({', '.join(f'{k}: {v}' for k, v in self.pool_sources.items())})",
+                f"NaQ queries added: {self.queries_added} in {self.clips_with_naq} clips "
+                f"({self.new_clips} clips not in NLQ train)",
+                f"NLQ train queries kept: {self.nlq_train_queries}"]
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# Narrations ---------------------------------------------------------------------------------
+def read_narrations(path: str | os.PathLike, chunksize: int = 500_000,
+                    progress: bool = True) -> tuple[pd.DataFrame, NaQStats]:
+    """The EgoClip TSV as a frame ``[video_uid, start, end, text]`` (video seconds), well-formed
+    rows only; the stats count rows read and malformed rows skipped.
+
+    A header row naming the columns is used when present; otherwise DESIGN 4.3's column order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"narrations file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().rstrip("\r\n").split("\t")
+    has_header = all(c in first for c in _REQUIRED)
+    if not has_header and any(c in first for c in _REQUIRED):
+        missing = [c for c in _REQUIRED if c not in first]
+        raise DataError(f"{path}: header lacks column(s) {missing}")
+    stats, frames = NaQStats(), []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        reader = pd.read_csv(path, sep="\t", header=0 if has_header else None,
+                             names=None if has_header else EGOCLIP_COLUMNS, dtype=str,
+                             keep_default_na=False, on_bad_lines="warn", chunksize=chunksize,
+                             encoding_errors="replace")
+        for chunk in tqdm(reader, desc="reading narrations", unit="chunk", disable=not progress):
+            stats.narration_rows += len(chunk)
+            start = pd.to_numeric(chunk["clip_start"], errors="coerce").to_numpy(np.float64)
+            end = pd.to_numeric(chunk["clip_end"], errors="coerce").to_numpy(np.float64)
+            video = chunk["video_uid"].fillna("").str.strip()
+            text = chunk["clip_text"].fillna("").str.strip()
+            ok = (np.isfinite(start) & np.isfinite(end) & (end >= start) & (start >= 0)
+                  & (video != "").to_numpy() & (text != "").to_numpy())
+            stats.malformed += int((~ok).sum())
+            frames.append(pd.DataFrame({"video_uid": video[ok].to_numpy(), "start": start[ok],
+                                        "end": end[ok], "text": text[ok].to_numpy()}))
+    bad_lines = sum(len(_SKIPPED_LINE.findall(str(w.message))) for w in caught
+                    if issubclass(w.category, pd.errors.ParserWarning))
+    stats.narration_rows += bad_lines
+    stats.malformed += bad_lines
+    narrations = (pd.concat(frames, ignore_index=True) if frames
+                  else pd.DataFrame({"video_uid": [], "start": [], "end": [], "text": []}))
+    stats.narrations = len(narrations)
+    return narrations, stats
+
+
+# Clip pool ----------------------------------------------------------------------------------
+def load_clip_pool(annotations_dir: str | os.PathLike,
+                   files: tuple[str, ...] = POOL_FILES) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Train clips of the annotation files present in ``annotations_dir``:
+    frame ``[video_uid, clip_uid, video_start_sec, video_end_sec]``, one row per clip_uid (the
+    first file listing a clip gives its bounds), and clips read per file."""
+    annotations_dir = Path(annotations_dir)
+    rows: list[tuple[str, str, float, float]] = []
+    sources: dict[str, int] = {}
+    for name in files:
+        path = annotations_dir / name
+        if not path.is_file():
+            continue
+        root = Node(read_json(path), str(path)).expect(dict)
+        before = len(rows)
+        for video in root.list("videos"):
+            video_uid = video.str("video_uid")
+            for clip in video.list("clips", []):
+                start = clip.float("video_start_sec")
+                end = clip.float("video_end_sec")
+                if end <= start:
+                    raise clip.field("video_end_sec").error(f"clip ends before it starts ({start:g} >= {end:g})")
+                rows.append((video_uid, clip.str("clip_uid"), start, end))
+        sources[name] = len(rows) - before
+    if not sources:
+        raise DataError(f"{annotations_dir}: none of {', '.join(files)} found (the NaQ clip pool)")
+    pool = pd.DataFrame(rows, columns=["video_uid", "clip_uid", "video_start_sec", "video_end_sec"])
+    return pool.drop_duplicates("clip_uid", keep="first").reset_index(drop=True), sources
+
+
+# Matching -----------------------------------------------------------------------------------
+def match_narrations(narrations: pd.DataFrame, pool: pd.DataFrame, tolerance: float = 1e-6,
+                     chunksize: int = 1_000_000, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All (narration row, clip row) pairs with the narration window inside the clip
+    (``clip start - tol <= start`` and ``end <= clip end + tol``), sorted by clip then
+    narration row. Vectorised: each narration is paired with every clip of its video."""
+    videos = pd.Index(pool["video_uid"].unique())
+    clip_video = videos.get_indexer(pool["video_uid"])  # [C]
+    clip_order = np.argsort(clip_video, kind="stable")  # clip rows grouped by video
+    first = np.zeros(len(videos) + 1, dtype=np.int64)
+    first[1:] = np.cumsum(np.bincount(clip_video, minlength=len(videos)))
+    clip_start = pool["video_start_sec"].to_numpy(np.float64)
+    clip_end = pool["video_end_sec"].to_numpy(np.float64)
+    narr_video = videos.get_indexer(narrations["video_uid"])  # [M], -1: video without pool clips
+    start = narrations["start"].to_numpy(np.float64)
+    end = narrations["end"].to_numpy(np.float64)
+    pairs_n, pairs_c = [], []
+    for lo in tqdm(range(0, len(narrations), chunksize), desc="matching narrations", unit="chunk",
+                   disable=not progress):
+        rows = np.arange(lo, min(lo + chunksize, len(narrations)))
+        rows = rows[narr_video[rows] >= 0]
+        v = narr_video[rows]
+        count = first[v + 1] - first[v]  # clips of each narration's video
+        n = np.repeat(rows, count)
+        offset = np.arange(len(n)) - np.repeat(np.cumsum(count) - count, count)
+        c = clip_order[np.repeat(first[v], count) + offset]
+        inside = (start[n] >= clip_start[c] - tolerance) & (end[n] <= clip_end[c] + tolerance)
+        pairs_n.append(n[inside])
+        pairs_c.append(c[inside])
+    n = np.concatenate(pairs_n) if pairs_n else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(pairs_c) if pairs_c else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((n, c))
+    return n[order], c[order]
+
+
+# Output -------------------------------------------------------------------------------------
+def naq_annotations(narrations: pd.DataFrame, pool: pd.DataFrame, narration_rows: np.ndarray,
+                    clip_rows: np.ndarray) -> dict[str, dict]:
+    """clip_uid -> NaQ annotation dict ``{annotation_uid, language_queries}`` for matched pairs
+    sorted by clip (as :func:`match_narrations` returns them)."""
+    offset = pool["video_start_sec"].to_numpy(np.float64)[clip_rows]
+    length = (pool["video_end_sec"].to_numpy(np.float64) - pool["video_start_sec"].to_numpy(np.float64))[clip_rows]
+    start = narrations["start"].to_numpy(np.float64)[narration_rows]
+    end = narrations["end"].to_numpy(np.float64)[narration_rows]
+    records = pd.DataFrame({
+        "clip_start_sec": np.clip(start - offset, 0.0, length),
+        "clip_end_sec": np.clip(end - offset, 0.0, length),
+        "video_start_sec": start,
+        "video_end_sec": end,
+        "template": NAQ_TEMPLATE,
+        "query": narrations["text"].to_numpy()[narration_rows],
+    }).to_dict("records")
+    bounds = np.flatnonzero(np.diff(clip_rows)) + 1
+    starts = np.concatenate([[0], bounds]) if len(clip_rows) else np.zeros(0, dtype=np.int64)
+    ends = np.concatenate([bounds, [len(clip_rows)]]) if len(clip_rows) else starts
+    video_uids, clip_uids = pool["video_uid"].to_numpy(), pool["clip_uid"].to_numpy()
+    out = {}
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        row = clip_rows[lo]
+        out[clip_uids[row]] = {"language_queries": records[lo:hi],
+                               "annotation_uid": f"{video_uids[row]}_{clip_uids[row]}"}
+    return out
+
+
+def merge_into_nlq(nlq_train: dict | None, annotations: dict[str, dict], pool: pd.DataFrame,
+                   file: str = "nlq_train.json") -> tuple[dict, int]:
+    """NLQ train (raw dict, or None) plus NaQ annotations per clip; returns (file dict, new clips).
+
+    Clips of NLQ train get one more annotation; other clips are added under their video
+    (a new video entry when NLQ train lacks the video).
+    """
+    out = dict(nlq_train) if nlq_train is not None else {"version": "2.0", "videos": []}
+    out["description"] = (f"{out.get('description', 'NLQ train')} + NaQ (narrations as queries)"
+                          if nlq_train is not None else "NaQ (narrations as queries)")
+    videos = [dict(v, clips=[dict(c, annotations=list(c.get("annotations") or [])) for c in v["clips"]])
+              for v in out["videos"]]
+    out["videos"] = videos
+    by_video = {v["video_uid"]: v for v in videos}
+    by_clip = {c["clip_uid"]: c for v in videos for c in v["clips"]}
+    bounds = dict(zip(pool["clip_uid"], zip(pool["video_uid"], pool["video_start_sec"], pool["video_end_sec"])))
+    new_clips = 0
+    for clip_uid, annotation in annotations.items():
+        if clip_uid in by_clip:
+            existing = {a.get("annotation_uid") for a in by_clip[clip_uid]["annotations"]}
+            if annotation["annotation_uid"] in existing:
+                raise DataError(f"{file}: clip {clip_uid} already has annotation "
+                                f"{annotation['annotation_uid']} (is this file already NaQ-augmented?)")
+            by_clip[clip_uid]["annotations"].append(annotation)
+            continue
+        video_uid, start, end = bounds[clip_uid]
+        start, end = float(start), float(end)
+        if video_uid not in by_video:
+            by_video[video_uid] = {"video_uid": video_uid, "split": "train", "clips": []}
+            videos.append(by_video[video_uid])
+        by_video[video_uid]["clips"].append({"clip_uid": clip_uid, "video_start_sec": start,
+                                             "video_end_sec": end, "clip_start_sec": 0.0,
+                                             "clip_end_sec": end - start, "annotations": [annotation]})
+        new_clips += 1
+    return out, new_clips
+
+
+def make_naq(narrations_path: str | os.PathLike, annotations_dir: str | os.PathLike,
+             out_path: str | os.PathLike, progress: bool = True) -> NaQStats:
+    """Create the NLQ + NaQ training file ``out_path`` (written atomically); returns the counts."""
+    annotations_dir = Path(annotations_dir)
+    nlq_path = annotations_dir / "nlq_train.json"
+    nlq_train = read_json(nlq_path) if nlq_path.is_file() else None
+    if nlq_train is not None:
+        parsed = parse_nlq_annotations(nlq_train, str(nlq_path))  # validates before any work
+    else:
+        log.warning("%s not found: the output holds NaQ queries only", nlq_path)
+    pool, sources = load_clip_pool(annotations_dir)
+    narrations, stats = read_narrations(narrations_path, progress=progress)
+    narration_rows, clip_rows = match_narrations(narrations, pool, progress=progress)
+    annotations = naq_annotations(narrations, pool, narration_rows, clip_rows)
+    merged, new_clips = merge_into_nlq(nlq_train, annotations, pool, file=str(nlq_path))
+    stats.inside_clip = int(np.unique(narration_rows).size)
+    stats.outside_clips = stats.narrations - stats.inside_clip
+    stats.queries_added = int(len(narration_rows))
+    stats.pool_clips, stats.pool_sources = len(pool), sources
+    stats.clips_with_naq, stats.new_clips = len(annotations), new_clips
+    stats.nlq_train_queries = parsed.num_language_queries() if nlq_train is not None else 0
+    merged["naq"] = {"narrations": str(narrations_path), "annotations_dir": str(annotations_dir),
+                     "counts": stats.as_dict()}
+    atomic_write_json(out_path, merged)
+    return stats
