@@ -30,9 +30,4 @@ setup(
         "text": ["transformers"],
         "dev": ["pytest", "pytest-xdist", "transformers"],
     },
-    entry_points={
-        "console_scripts": [
-            "ego4d-make-synthetic=episodic.cli:make_synthetic",
-        ],
-    },
 )
