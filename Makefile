@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# Every benchmark prints its figures and, on its last line, ratio=<float>.
+bench: $(STAMP)
+	@mkdir -p outputs/bench; for b in benchmarks/bench_*.py; do \
+		log=outputs/bench/$$(basename $$b .py).log; echo "== $$b (log: $$log)"; \
+		$(PY) $$b > $$log 2>&1; rc=$$?; tail -n 5 $$log; [ $$rc -eq 0 ] || exit $$rc; \
+	done
 
 clean:
 	rm -rf $(VENV) outputs
