@@ -1,12 +1,18 @@
-"""Evaluate VQ2D: score a challenge-format predictions file against an annotation file.
+"""Evaluate VQ2D.
+
+Scoring mode: score a challenge-format predictions file against an annotation file::
 
     python tools/eval_vq2d.py annotations=vq_val.json predictions=preds.json [output_dir=OUT]
 
-Prints the metrics, then the same metrics as ONE JSON object on the last line of stdout,
-and writes metrics.json, per_query.csv (and problems.txt) to output_dir (default: the
-predictions file's folder). Each mode is one library function; a checkpoint mode
-(``checkpoint=C data.root=DIR split=val``: run the model, write the predictions file, then
-score that file) plugs into MODES.
+Checkpoint mode: run a trained detector on a split (detection pass, peaks, tracking; on a
+pool of workers, resumable), write OUT/predictions.json (OUT/submission.json for the
+test_unannotated split) and score that file::
+
+    python tools/eval_vq2d.py checkpoint=C data.root=DIR split=val output_dir=OUT workers=2
+
+Both print the metrics, then the same metrics as ONE JSON object on the last line of
+stdout, and write metrics.json and per-query results to output_dir. Each mode is one
+library function.
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ from vq2d.evaluation.scoring import format_metrics, score_from_config
 
 
 def _checkpoint_mode(cfg: DictConfig) -> dict:
-    raise DataError("checkpoint mode is not available yet; give predictions=<file> to score a file")
+    from vq2d.inference.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(cfg)
 
 
 MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}

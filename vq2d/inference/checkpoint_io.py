@@ -1,0 +1,91 @@
+"""Turn a checkpoint file into a ready detector: the ONE place that knows checkpoint formats.
+
+Accepted files:
+
+* what ``tools/train_vq2d.py`` writes as ``model_final.pth``: ``{"model": state_dict,
+  "config": <model config>}``, where the config is the "model" group given to
+  :func:`vq2d.modeling.build.build_model` (a whole training config holding a ``model``
+  group works too);
+* a state dict without a config (``{"model": sd}`` or a bare sd, our names or the released
+  detectron2 names): then ``model_config`` (e.g. ``+model=r50_fpn_detectron2``) says which
+  architecture to build.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from episodic.errors import DataError
+from vq2d.modeling.build import build_model
+from vq2d.modeling.siamrcnn import SiamRCNN
+from vq2d.modeling.weights import convert_detectron2_state_dict, unwrap_state_dict
+
+logger = logging.getLogger(__name__)
+
+_DETECTRON2_PREFIXES = ("backbone.bottom_up.", "proposal_generator.", "roi_heads.")
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - e.g. a config stored as an OmegaConf object
+        logger.warning("%s: not loadable with weights_only=True; unpickling it fully (trusted files only)", path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise DataError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def checkpoint_model_config(obj: Any) -> dict | None:
+    """The model config stored in a loaded checkpoint, or None."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("config"), Mapping):
+        return None
+    cfg = dict(obj["config"])
+    if isinstance(cfg.get("model"), Mapping):  # a whole training config
+        cfg = dict(cfg["model"])
+    return cfg
+
+
+def load_detector(checkpoint_path: str | os.PathLike, device: torch.device | str = "cpu",
+                  model_config: Mapping | None = None) -> SiamRCNN:
+    """Build the detector a checkpoint describes, load its weights (strict), move it to
+    ``device`` and put it in eval mode.
+
+    ``model_config`` is used when the checkpoint holds no config (and overrides nothing
+    otherwise). Raises DataError naming the file when it cannot be read or does not fit."""
+    path = Path(checkpoint_path)
+    obj = _read(path)
+    stored = checkpoint_model_config(obj)
+    cfg = stored if stored is not None else (dict(model_config) if model_config is not None else None)
+    if cfg is None:
+        raise DataError(f"{path}: the checkpoint holds no model config; say which model it is, "
+                        f"e.g. +model=r50_fpn_detectron2")
+    cfg = {**cfg, "weights": {"format": "none", "path": None}}  # weights come from this file
+    try:
+        model = build_model(cfg)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: bad model config in the checkpoint: {e}") from None
+    state = unwrap_state_dict(obj, source=str(path))
+    if any(k.startswith(_DETECTRON2_PREFIXES) for k in state):
+        state = convert_detectron2_state_dict(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DataError(f"{path}: weights do not fit the model: {e}") from None
+    logger.info("loaded detector from %s", path)
+    return model.to(device).eval()
+
+
+def checkpoint_identity(checkpoint_path: str | os.PathLike) -> str:
+    """A short id of a checkpoint file (path, size, modification time) for cache fingerprints."""
+    path = Path(checkpoint_path).resolve()
+    st = path.stat()
+    return hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]

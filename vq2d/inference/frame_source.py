@@ -1,0 +1,110 @@
+"""The frames of one clip for inference: from the JPEG frame cache when it holds every frame
+asked for, else decoded from the clip's mp4 with :class:`vq2d.data.frames.ClipReader`.
+
+Frames are ``[H, W, 3]`` uint8 RGB at the annotation's original resolution (the cache
+stores them so; the reader resizes decoded frames to ``original_size``), so boxes of the
+annotation file apply to them directly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from episodic.errors import DataError
+from vq2d.data.annotations import VQQuery
+from vq2d.data.frame_cache import FrameCache
+from vq2d.data.frames import ClipReader
+
+
+def original_size_of(queries: Sequence[VQQuery]) -> tuple[int, int] | None:
+    """(width, height) the boxes of a clip's queries refer to, from the first box that
+    gives both ``original_width`` and ``original_height``; None when no box does."""
+    for q in queries:
+        for box in (q.visual_crop, *(q.response_track or ())):
+            if box.original_width and box.original_height:
+                return int(box.original_width), int(box.original_height)
+    return None
+
+
+class ClipFrames:
+    """Frames of one clip, read sequentially (each call is one forward pass).
+
+    Use as a context manager (or call :meth:`close`); the mp4 is opened on first use.
+    """
+
+    def __init__(
+        self,
+        clip_uid: str,
+        video_path: str | os.PathLike | None,  # the clip's mp4 (None: cache only)
+        *,
+        clip_fps: float = 5.0,  # rate of the annotation's frame numbers
+        original_size: tuple[int, int] | None = None,  # (width, height) boxes refer to
+        cache: FrameCache | None = None,  # JPEG frame cache, used when it has every frame asked for
+        decode_threads: int = 0,  # FFmpeg threads (0: FFmpeg chooses)
+    ):
+        self.clip_uid = clip_uid
+        self.video_path = None if video_path is None else Path(video_path)
+        self.clip_fps = clip_fps
+        self.original_size = original_size
+        self.cache = cache
+        self.decode_threads = decode_threads
+        self._reader: ClipReader | None = None
+
+    # -- the mp4 ----------------------------------------------------------------------
+    @property
+    def reader(self) -> ClipReader:
+        if self._reader is None:
+            if self.video_path is None:
+                raise DataError(f"clip {self.clip_uid}: frames missing from the frame cache and no clip file given")
+            self._reader = ClipReader(self.video_path, clip_fps=self.clip_fps, original_size=self.original_size,
+                                      num_threads=self.decode_threads)
+        return self._reader
+
+    @property
+    def num_frames(self) -> int | None:
+        """Frames in the clip file; None when there is no file (cache only)."""
+        if self.video_path is None or not self.video_path.is_file():
+            return None
+        return self.reader.num_frames
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "ClipFrames":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------
+    def _cached(self, indices: Sequence[int]) -> bool:
+        return self.cache is not None and not self.cache.missing(self.clip_uid, indices)
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(index, [H, W, 3] uint8 RGB)`` for the sorted distinct ``indices``."""
+        targets = sorted({int(i) for i in indices})
+        if not targets:
+            return iter(())
+        if self._cached(targets):
+            return ((i, self.cache.load(self.clip_uid, i)) for i in targets)
+        return self.reader.iter_frames(targets)
+
+    def read(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        """``{index: [H, W, 3] uint8 RGB}`` for ``indices`` (one forward pass)."""
+        return dict(self.iter_frames(indices))
+
+    def iter_ordered(self, order: Sequence[int], chunk_size: int = 32) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield frames in the given ``order`` (e.g. descending, for backward tracking),
+        reading ``chunk_size`` frames at a time, so a consumer that stops early (a lost
+        target) decodes little past that point."""
+        order = [int(i) for i in order]
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start:start + chunk_size]
+            images = self.read(chunk)
+            for i in chunk:
+                yield i, images[i]

@@ -1,0 +1,80 @@
+"""Peak detection on a query's score curve (DESIGN 5.6).
+
+The curve ``s[t]`` (best detection score on frame t, t = 0 .. query_frame-1) is median
+filtered (kernel 5), peaks are found with ``scipy.signal.find_peaks(distance=25, width=3,
+prominence=0.2[, height])``, peaks whose smoothed score is below ``min_score`` are dropped
+(when set), and the LATEST remaining peak is chosen: the object's most recent sighting,
+not its most confident one. No peak: the last searched frame (a one-box track).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from scipy.signal import find_peaks, medfilt
+
+
+@dataclass(frozen=True)
+class PeakParams:
+    """Settings of :func:`find_latest_peak` (the ``peaks`` group of configs/vq2d/eval.yaml)."""
+
+    kernel_size: int = 5  # median filter kernel (odd); 1 = no smoothing
+    distance: int = 25  # min frames between peaks
+    width: float = 3  # min peak width (frames)
+    prominence: float = 0.2  # min peak prominence
+    height: float | None = None  # min smoothed peak height for find_peaks (reference val: 0.6)
+    min_score: float | None = None  # drop peaks whose smoothed score is lower (reference: 0.5 / 0.25)
+
+    def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"peaks.kernel_size must be a positive odd number, got {self.kernel_size}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "PeakParams":
+        return cls(**dict(cfg))
+
+
+@dataclass(frozen=True)
+class PeakResult:
+    """Where the track starts.
+
+    frame: the chosen peak frame (or the last searched frame when ``fallback``); None for
+        an empty curve (no frame searched).
+    fallback: True when no peak was found.
+    peaks: every peak kept, ascending ``[P]``.
+    smoothed: the median-filtered curve ``[T]``.
+    """
+
+    frame: int | None
+    fallback: bool
+    peaks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    smoothed: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def smoothed_score(self) -> float:
+        """Smoothed curve at the chosen frame (0.0 when there is none)."""
+        return float(self.smoothed[self.frame]) if self.frame is not None else 0.0
+
+
+def smooth_curve(curve: np.ndarray, kernel_size: int = 5) -> np.ndarray:
+    """Median filter ``[T] -> [T]`` (zero padded at both ends, as ``scipy.signal.medfilt``)."""
+    curve = np.asarray(curve, dtype=np.float64).reshape(-1)
+    if kernel_size <= 1 or curve.size == 0:
+        return curve.copy()
+    return medfilt(curve, kernel_size)
+
+
+def find_latest_peak(curve: np.ndarray, params: PeakParams = PeakParams()) -> PeakResult:
+    """Choose the latest peak of a score curve ``[T]`` (see module docstring)."""
+    smoothed = smooth_curve(curve, params.kernel_size)
+    if smoothed.size == 0:
+        return PeakResult(None, True, np.zeros(0, np.int64), smoothed)
+    peaks, _ = find_peaks(smoothed, height=params.height, distance=params.distance, width=params.width,
+                          prominence=params.prominence)
+    if params.min_score is not None:
+        peaks = peaks[smoothed[peaks] >= params.min_score]
+    peaks = peaks.astype(np.int64)
+    if peaks.size == 0:
+        return PeakResult(int(smoothed.size - 1), True, peaks, smoothed)
+    return PeakResult(int(peaks[-1]), False, peaks, smoothed)
