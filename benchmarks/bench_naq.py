@@ -92,7 +92,7 @@ def main() -> None:
         write_pool(folder, rng, video_uids, durations, args.clips)
         print(f"generated {args.rows} narrations, {args.clips} clips in {time.perf_counter() - t0:.1f} s")
         t0, cpu0 = time.perf_counter(), time.process_time()
-        stats = make_naq(folder / "egoclip.tsv", folder, folder / "nlq_train_naq.json")
+        stats = make_naq(folder / "egoclip.tsv", folder, folder / "nlq_naq_train.json")
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         print("\n".join(stats.lines()))
         print(f"seconds={seconds:.2f} cpu_seconds={cpu:.2f} ratio={TARGET_SECONDS / seconds:.2f}")

@@ -1,19 +1,22 @@
-"""`make demo`: generate the synthetic mini-Ego4D and summarise it."""
+"""`make demo`: the whole pipeline on the synthetic mini-Ego4D (episodic/recipes/demo.py).
+
+    python tools/demo.py [output_dir=outputs/demo] [vq2d.max_iter=300] [resume=false] ...
+
+Writes OUT/results.json, OUT/vq2d_submission.json, OUT/nlq_submission.json, OUT/pictures/
+and OUT/README.md; see configs/demo.yaml.
+"""
 import hydra
 from omegaconf import DictConfig
 
 from episodic.config import save_config
-from episodic.io import atomic_write_json
-from episodic.synthetic import format_summary, make_synthetic
+from episodic.recipes.demo import run_demo
+from episodic.recipes.steps import run_or_exit
 
 
 @hydra.main(config_path="../configs", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     save_config(cfg, cfg.output_dir)
-    summary = make_synthetic(cfg.data.root, seed=cfg.seed, preset=cfg.preset)
-    print(format_summary(summary))
-    atomic_write_json(f"{cfg.output_dir}/data_summary.json", summary, indent=2)
-    print(f"data: {cfg.data.root}/v2   outputs: {cfg.output_dir}")
+    run_or_exit(run_demo, cfg)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Create the NaQ training file: NLQ train + narrations as queries (DESIGN 6.1).
 
     python tools/make_naq.py narrations=ROOT/v2/narrations/egoclip.tsv \
-        annotations_dir=ROOT/v2/annotations out=ROOT/v2/annotations/nlq_train_naq.json
+        annotations_dir=ROOT/v2/annotations out=ROOT/v2/annotations/nlq_naq_train.json
 
 Prints the counts (narrations read, inside / outside the clips, queries added, clips).
 """

@@ -106,6 +106,12 @@ class NLQDataset(Dataset):
     def __len__(self) -> int:
         return len(self.queries)
 
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Draw NaQ window expansions from a stream of (seed, epoch), so a resumed run
+        repeats an uninterrupted one (DataLoader workers derive their own from it)."""
+        self.seed = seed * 100_003 + epoch
+        self._rng = None  # recreated from ``seed`` at the next draw
+
     # Helpers -------------------------------------------------------------------------------
     def _clip_args(self, q: NLQQuery) -> tuple[str, str, float, float]:
         return q.clip_uid, q.video_uid, q.video_start_sec, q.video_start_sec + q.clip_duration
@@ -206,7 +212,7 @@ DATA_DEFAULTS: dict = {
     "root": "data/synthetic",            # data set root (ROOT/v2/annotations, ROOT/v2/nlq_features)
     "annotations_dir": "v2/annotations",  # annotation folder, relative to root unless absolute
     "splits": {                          # split name -> annotation file in annotations_dir
-        "train": "nlq_train.json",       # (nlq_train_naq.json: NLQ + NaQ from tools/make_naq.py)
+        "train": "nlq_train.json",       # (nlq_naq_train.json: NLQ + NaQ from tools/make_naq.py)
         "val": "nlq_val.json",
     },
     "train_splits": ["train"],           # splits built with train=True (NaQ expansion, drops)

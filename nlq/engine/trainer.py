@@ -171,13 +171,6 @@ def _resume(checkpointer: Checkpointer, run: Run) -> TrainState:
     return state
 
 
-def _reseed_dataset(dataset: NLQDataset, seed: int, epoch: int) -> None:
-    """NaQ window expansion draws from a per-epoch stream, so a resumed run matches an
-    uninterrupted one (DataLoader workers further derive from it per worker)."""
-    dataset.seed = seed * 100_003 + epoch
-    dataset._rng = None  # recreated from ``seed`` at the next draw
-
-
 def _log_epoch(state: TrainState, max_epochs: int, losses: dict, metrics: dict, improved: bool,
                seconds: float) -> None:
     log.info("epoch %d/%d: loss %.4f, val R@1 %.2f/%.2f R@5 %.2f/%.2f mIoU %.2f%s (%.0f s)", state.epoch, max_epochs,
@@ -211,7 +204,7 @@ def train(cfg: Any) -> dict | None:
         for epoch in range(state.epoch, max_epochs):
             start = time.time()
             run.sampler.set_epoch(epoch)
-            _reseed_dataset(run.data.train, int(cfg.seed), epoch)
+            run.data.train.set_epoch(int(cfg.seed), epoch)
             losses, state.global_step = train_one_epoch(
                 run.train_model, run.train_loader, run.optimizer, run.schedule, info.device, state.global_step,
                 grad_clip=run.settings.grad_clip, amp=amp, tensorboard=tensorboard, log_every=int(cfg.log_every),

@@ -8,7 +8,6 @@ dtype (no -inf, so fp16/bf16 autocast and fully masked rows stay finite).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -90,10 +89,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(query)), self._split(self.key(context)), self._split(self.value(context))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, h, Lq, Lk]
-        attn = self.dropout(masked_softmax(scores, context_mask[:, None, None, :]))
-        out = (attn.to(v.dtype) @ v).transpose(1, 2).flatten(2)  # [B, Lq, d]
-        return self.out(out)
+        # additive key mask [B, 1, 1, Lk]: the dtype's lowest finite value (not -inf), so a fully
+        # masked row gets uniform weights instead of NaN, as masked_softmax does
+        bias = torch.zeros(context_mask.shape, dtype=q.dtype, device=q.device)
+        bias = bias.masked_fill(~context_mask.bool(), torch.finfo(q.dtype).min)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=self.dropout.p if self.training else 0.0)
+        return self.out(out.transpose(1, 2).flatten(2))  # [B, Lq, d]
 
 
 class AttentionBlock(nn.Module):

@@ -66,7 +66,7 @@ def naq_inputs(tmp_path):
 
 def test_naq_counts_uids_and_merge(naq_inputs, tmp_path):
     tsv, ann = naq_inputs
-    out = tmp_path / "nlq_train_naq.json"
+    out = tmp_path / "nlq_naq_train.json"
     stats = make_naq(tsv, ann, out, progress=False)
     assert (stats.narration_rows, stats.malformed, stats.narrations) == (12, 3, 9)
     assert (stats.inside_clip, stats.outside_clips, stats.queries_added) == (5, 4, 6)
