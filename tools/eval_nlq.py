@@ -13,29 +13,25 @@ Each mode is one library function.
 """
 from __future__ import annotations
 
-import json
-
 import hydra
 from omegaconf import DictConfig
 
-from episodic.errors import DataError
-from nlq.engine.inference import evaluate_checkpoint_from_config
+from episodic.cli import run_one_mode
 from nlq.evaluation.scoring import format_metrics, score_from_config
 
-MODES = {"predictions": score_from_config, "checkpoint": evaluate_checkpoint_from_config}
+
+def _checkpoint_mode(cfg: DictConfig) -> dict:
+    from nlq.engine.inference import evaluate_checkpoint_from_config  # torch: only in this mode
+
+    return evaluate_checkpoint_from_config(cfg)
+
+
+MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
 
 
 @hydra.main(version_base="1.3", config_path="../configs/nlq", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    given = [key for key in MODES if cfg[key] is not None]
-    if len(given) != 1:
-        raise SystemExit("give exactly one of predictions=<predictions file> or checkpoint=<checkpoint>")
-    try:
-        metrics = MODES[given[0]](cfg)
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
-    print("\n".join(format_metrics(metrics)))
-    print(json.dumps(metrics), flush=True)
+    run_one_mode(cfg, MODES, format_metrics)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ library function.
 """
 from __future__ import annotations
 
-import json
-
 import hydra
 from omegaconf import DictConfig
 
-from episodic.errors import DataError
+from episodic.cli import run_one_mode
 from vq2d.evaluation.scoring import format_metrics, score_from_config
 
 
@@ -36,15 +34,7 @@ MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
 
 @hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    given = [key for key in MODES if cfg[key] is not None]
-    if len(given) != 1:
-        raise SystemExit("give exactly one of predictions=<predictions file> or checkpoint=<checkpoint>")
-    try:
-        metrics = MODES[given[0]](cfg)
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
-    print("\n".join(format_metrics(metrics)))
-    print(json.dumps(metrics), flush=True)
+    run_one_mode(cfg, MODES, format_metrics)
 
 
 if __name__ == "__main__":
