@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from episodic.errors import DataError
 from nlq.data.annotations import NLQKey, NLQQuery, load_nlq_annotations
+from nlq.data.augment import AUGMENT_DEFAULTS, Augmentation, AugmentSample, apply_augmentations, build_augmentations
 from nlq.data.features import FEATURES_PER_SECOND, FeatureStore, pool_to_max_len
 from nlq.data.labels import highlight_labels, is_naq_query, span_labels
 
@@ -57,17 +58,21 @@ class NLQDataset(Dataset):
             (train and val); None keeps them.
         short_feature_tolerance: features covering fewer than clip duration minus this many
             steps are "short": the sample's duration becomes the covered seconds.
+        augmentations: applied in order to training samples with a GT window, after the NaQ
+            expansion and before pooling (:mod:`nlq.data.augment`; ReLER); None = off.
+            Video splicing draws its donor among the dataset's other clips.
 
     A sample is a dict: ``key`` (NLQKey), ``query`` (str, as in the file), ``video`` [N, D]
     (N = min(T, max_len)), ``feature_dims`` (D of each feature set), ``duration`` (s),
-    ``window`` ((start, end) s, after NaQ expansion; None without GT), ``start_label``,
+    ``window`` ((start, end) s, after NaQ expansion and augmentation; None without GT), ``start_label``,
     ``end_label`` (int; None without GT), ``highlight_label`` [N] (None without GT), ``is_naq``.
     """
 
     def __init__(self, queries: list[NLQQuery], features: FeatureStore, max_len: int, train: bool,
                  naq_expansion: float | None = 2.5, seed: int | None = None,
                  min_window_sec: float | None = MIN_WINDOW_SEC,
-                 short_feature_tolerance: int = SHORT_FEATURE_TOLERANCE, name: str = ""):
+                 short_feature_tolerance: int = SHORT_FEATURE_TOLERANCE, name: str = "",
+                 augmentations: list[Augmentation] | None = None):
         self.features = features
         self.max_len = int(max_len)
         self.train = bool(train)
@@ -75,6 +80,7 @@ class NLQDataset(Dataset):
         self.seed = seed
         self.short_feature_tolerance = short_feature_tolerance
         self.name = name
+        self.augmentations = list(augmentations) if augmentations else None
         self.stats = {"queries": len(queries), "dropped_short_window": 0, "short_features": 0,
                       "window_outside_features": 0, "naq": 0, "kept": 0}
         self.queries: list[NLQQuery] = []
@@ -91,6 +97,9 @@ class NLQDataset(Dataset):
             self.stats["naq"] += is_naq_query(q.query)
             self.queries.append(q)
         self.stats["kept"] = len(self.queries)
+        # distinct clips (clip args), the donors of video splicing
+        self._clips = list(dict.fromkeys(self._clip_args(q) for q in self.queries))
+        self._clip_index = {clip: i for i, clip in enumerate(self._clips)}
         self._rng: np.random.Generator | None = None
         self._rng_token: Any = object()
         log.info("%s", self.summary())
@@ -101,7 +110,8 @@ class NLQDataset(Dataset):
         return (f"NLQDataset {self.name or ''}: {s['kept']} of {s['queries']} queries ({s['naq']} NaQ); "
                 f"dropped {s['dropped_short_window']} with a window <= min_window_sec; "
                 f"{s['window_outside_features']} with the window outside the features ({outside}); "
-                f"{s['short_features']} with features shorter than the clip")
+                f"{s['short_features']} with features shorter than the clip"
+                + (f"; augmentations {self.augmentations}" if self.train and self.augmentations else ""))
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -138,21 +148,39 @@ class NLQDataset(Dataset):
             self._rng_token = token
         return self._rng
 
+    def _donor_sampler(self, q: NLQQuery) -> Callable[[np.random.Generator], torch.Tensor | None]:
+        """rng -> features [T', D] of a uniformly drawn clip other than ``q``'s (None: no other clip)."""
+        own = self._clip_index[self._clip_args(q)]
+
+        def draw(rng: np.random.Generator) -> torch.Tensor | None:
+            if len(self._clips) < 2:
+                return None
+            other = int(rng.integers(len(self._clips) - 1))
+            return self.features.clip_features(*self._clips[other + (other >= own)])
+
+        return draw
+
     def __getitem__(self, index: int) -> dict:
         q = self.queries[index]
         feat = self.features.clip_features(*self._clip_args(q))  # [T, D]
         duration, _ = self._duration(feat.shape[0], q)
-        video = pool_to_max_len(feat, self.max_len)  # [N, D]
-        num_steps = video.shape[0]
         naq = is_naq_query(q.query)
-        sample = {"key": q.key, "query": q.query, "video": video, "feature_dims": tuple(self.features.dims),
-                  "duration": duration, "window": None, "start_label": None, "end_label": None,
-                  "highlight_label": None, "is_naq": naq}
+        window = None
         if q.window is not None:
             start = min(max(q.window[0], 0.0), duration)
             window = (start, min(max(q.window[1], start), duration))
             if self.train and naq and self.naq_expansion is not None:
                 window = expand_window(window, duration, self.naq_expansion, self._generator())
+            if self.train and self.augmentations:
+                augmented = apply_augmentations(self.augmentations, AugmentSample(feat, window, duration),
+                                                self._generator(), self._donor_sampler(q))
+                feat, window, duration = augmented.features, augmented.window, augmented.duration
+        video = pool_to_max_len(feat, self.max_len)  # [N, D]
+        num_steps = video.shape[0]
+        sample = {"key": q.key, "query": q.query, "video": video, "feature_dims": tuple(self.features.dims),
+                  "duration": duration, "window": None, "start_label": None, "end_label": None,
+                  "highlight_label": None, "is_naq": naq}
+        if window is not None:
             s_idx, e_idx = span_labels(window, duration, num_steps)
             sample.update(window=window, start_label=s_idx, end_label=e_idx,
                           highlight_label=torch.from_numpy(highlight_labels(s_idx, e_idx, num_steps)))
@@ -227,7 +255,8 @@ DATA_DEFAULTS: dict = {
     "max_len": 128,                      # pool longer features to this (VSLNet 128, ReLER 600)
     "naq_expansion": 2.5,                # NaQ window expansion scale S (5.0 NaQ++; null: off)
     "min_window_sec": MIN_WINDOW_SEC,    # drop train/val queries with windows this short
-    "seed": None,                        # NaQ expansion seed (null: from torch's seed)
+    "seed": None,                        # NaQ expansion / augmentation seed (null: from torch's seed)
+    "augment": dict(AUGMENT_DEFAULTS),   # ReLER training augmentations (nlq.data.augment), off by default
 }
 
 
@@ -275,5 +304,7 @@ def build_datasets(cfg: Mapping | None, splits: list[str] | None = None,
                                 max_len=max_len or resolved["max_len"],
                                 train=split in resolved["train_splits"],
                                 naq_expansion=resolved["naq_expansion"], seed=resolved["seed"],
-                                min_window_sec=resolved["min_window_sec"], name=split)
+                                min_window_sec=resolved["min_window_sec"], name=split,
+                                augmentations=(build_augmentations(resolved["augment"])
+                                               if split in resolved["train_splits"] else None))
     return out

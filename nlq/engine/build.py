@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from episodic import distributed
 from episodic.errors import DataError
 from nlq.data.annotations import NLQAnnotationFile, NLQQuery, load_nlq_annotations
+from nlq.data.augment import AUGMENT_DEFAULTS, build_augmentations
 from nlq.data.dataset import NLQCollator, NLQDataset, resolve_data_config
 from nlq.data.features import FeatureStore
 from nlq.data.labels import is_naq_query
@@ -45,7 +46,9 @@ def resolve_train_config(cfg: Any) -> DictConfig:
 
     batch_size, lr, max_epochs: ``schedule[model][stage]``; weight_decay, grad_clip:
     ``schedule[model]``; schedule_epochs: max_epochs; data.max_len: model.max_len;
-    data.features.names: data.features.by_model[model]. Checks the stage's needs (init).
+    data.features.names: data.features.by_model[model]; each null of data.augment:
+    ``schedule[model].augment`` (training augmentations, ReLER), else off
+    (:data:`~nlq.data.augment.AUGMENT_DEFAULTS`). Checks the stage's needs (init).
     Idempotent.
     """
     out = _container(cfg)
@@ -71,6 +74,14 @@ def resolve_train_config(cfg: Any) -> DictConfig:
         raise ValueError(f"data.max_len {data['max_len']} exceeds model.max_len {out['model']['max_len']}")
     if data["features"]["names"] is None:
         data["features"]["names"] = data["features"]["by_model"][model_name]
+    augment, preset_augment = data.get("augment") or {}, table.get("augment") or {}
+    for where, given in (("data.augment", augment), (f"schedule.{model_name}.augment", preset_augment)):
+        unknown = sorted(set(given) - set(AUGMENT_DEFAULTS))
+        if unknown:
+            raise KeyError(f"unknown config key(s) {where}.{', '.join(unknown)} (known: {', '.join(AUGMENT_DEFAULTS)})")
+    data["augment"] = {key: augment.get(key) if augment.get(key) is not None else preset_augment.get(key, default)
+                       for key, default in AUGMENT_DEFAULTS.items()}
+    build_augmentations(data["augment"])  # bad values fail here, before training
     if out["stage"]["needs_init"] and not out["init"]:
         raise DataError(f"stage {stage} starts from a checkpoint: give init=<joint run>/model_best.pth")
     return OmegaConf.create(out)
@@ -105,7 +116,8 @@ def data_config(data: Any, splits: Mapping[str, str] | None = None) -> dict:
         "root": data["root"], "annotations_dir": data["annotations_dir"],
         "splits": dict(splits or {}), "train_splits": ["train"], "features": features,
         "max_len": data["max_len"], "naq_expansion": data["naq_expansion"],
-        "min_window_sec": data["min_window_sec"]})
+        "min_window_sec": data["min_window_sec"],
+        **({"augment": data["augment"]} if data.get("augment") is not None else {})})
 
 
 def build_features(resolved_data: Mapping) -> FeatureStore:
@@ -211,7 +223,8 @@ def _dataset(queries: list[NLQQuery], features: FeatureStore, resolved: Mapping,
              seed: int | None, name: str) -> NLQDataset:
     return NLQDataset(queries, features, max_len=resolved["max_len"], train=train,
                       naq_expansion=resolved["naq_expansion"], seed=seed,
-                      min_window_sec=resolved["min_window_sec"], name=name)
+                      min_window_sec=resolved["min_window_sec"], name=name,
+                      augmentations=build_augmentations(resolved["augment"]) if train else None)
 
 
 def build_train_loader(dataset: NLQDataset, tokenize, batch_size: int, num_workers: int, seed: int,
