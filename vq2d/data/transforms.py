@@ -1,0 +1,102 @@
+"""Image augmentation of training pairs (DESIGN 5.2), on numpy ``[H, W, 3]`` uint8 RGB images.
+
+* Frame: horizontal flip (boxes flipped with it), brightness factor in [0.75, 1.333].
+  Multi-scale training (short side 640..800 step 32, long side <= 1333) is done by the
+  model itself (``model.min_size`` / ``model.max_size``: SiamRCNN draws the short side in
+  training); the data pipeline only shrinks frames once to the largest of those sizes
+  (:func:`shrink_to`), on the loader workers, so that less data travels to the model.
+* Crop: flip and brightness drawn independently of the frame's, plus a rotation in
+  [-120, 120] degrees about the crop centre, the uncovered corners filled with the crop's
+  pad value (125, DESIGN 5.1).
+
+Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
+augmentation is reproducible from its seed (see :class:`vq2d.data.train_dataset.TrainMapper`).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vq2d.data.crops import PAD_VALUE
+
+
+def shrink_to(image: np.ndarray, short_side: int, max_size: int) -> tuple[np.ndarray, float]:
+    """Resize ``image`` down so that its short side is <= ``short_side`` and its long side
+    <= ``max_size`` (never enlarged). Returns (image, scale = new / old size)."""
+    h, w = image.shape[:2]
+    scale = min(short_side / min(h, w), max_size / max(h, w), 1.0)
+    if scale >= 1.0:
+        return image, 1.0
+    size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def flip_horizontal(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror ``image`` ``[H, W, 3]`` and its boxes ``[n, 4]`` xyxy left-right."""
+    w = image.shape[1]
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    return np.ascontiguousarray(image[:, ::-1]), boxes
+
+
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """Pixel values times ``factor``, saturated to 0..255."""
+    return cv2.convertScaleAbs(image, alpha=float(factor), beta=0.0)
+
+
+def rotate_square(image: np.ndarray, angle_deg: float, fill: int = PAD_VALUE) -> np.ndarray:
+    """Rotate ``image`` about its centre by ``angle_deg`` (counter-clockwise), same size,
+    uncovered pixels set to ``fill``."""
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle_deg), 1.0)
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(fill, fill, fill))
+
+
+class PairAugmentation:
+    """Random flip / brightness of a frame and of a visual crop, and rotation of the crop.
+
+    Args:
+        flip_prob: chance of a horizontal flip (frame and crop drawn independently).
+        brightness: (low, high) range of the brightness factor; ``None`` = off.
+        crop_rotation: (low, high) rotation range of the crop in degrees; ``None`` = off.
+        crop_rotation_prob: chance that a crop is rotated at all.
+    """
+
+    def __init__(
+        self,
+        *,
+        flip_prob: float = 0.5,
+        brightness: tuple[float, float] | None = (0.75, 1.333),
+        crop_rotation: tuple[float, float] | None = (-120.0, 120.0),
+        crop_rotation_prob: float = 1.0,
+    ):
+        for name, p in (("flip_prob", flip_prob), ("crop_rotation_prob", crop_rotation_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (got {p})")
+        for name, rng in (("brightness", brightness), ("crop_rotation", crop_rotation)):
+            if rng is not None and (len(rng) != 2 or rng[0] > rng[1]):
+                raise ValueError(f"{name} must be a (low, high) pair or null (got {rng})")
+        self.flip_prob = flip_prob
+        self.brightness = None if brightness is None else (float(brightness[0]), float(brightness[1]))
+        self.crop_rotation = None if crop_rotation is None else (float(crop_rotation[0]), float(crop_rotation[1]))
+        self.crop_rotation_prob = crop_rotation_prob
+
+    def _photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.brightness is not None:
+            image = adjust_brightness(image, rng.uniform(*self.brightness))
+        return image
+
+    def frame(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augment a frame ``[H, W, 3]`` with its boxes ``[n, 4]`` xyxy (n may be 0)."""
+        if rng.random() < self.flip_prob:
+            image, boxes = flip_horizontal(image, boxes)
+        return self._photometric(image, rng), boxes
+
+    def crop(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment a square visual crop ``[S, S, 3]``."""
+        if rng.random() < self.flip_prob:
+            crop = np.ascontiguousarray(crop[:, ::-1])
+        if self.crop_rotation is not None and rng.random() < self.crop_rotation_prob:
+            crop = rotate_square(crop, rng.uniform(*self.crop_rotation))
+        return self._photometric(crop, rng)
