@@ -94,7 +94,7 @@ def test_warmup_multistep_schedule_and_parameter_groups(data_root, tmp_path):
     assert warmup_multistep_factor(5, [10, 20], 0.1, 5, 0.001) == 1.0
     assert warmup_multistep_factor(15, [10, 20], 0.1, 5, 0.001) == pytest.approx(0.1)
     assert warmup_multistep_factor(20, [10, 20], 0.1, 5, 0.001) == pytest.approx(0.01)
-    cfg = config(data_root, tmp_path)
+    cfg = config(data_root, tmp_path, "solver.lr_backbone=0.002")  # the seed paper's two lrs
     model = build.build_training_model(cfg)
     optimizer = build.build_optimizer(cfg, model)
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == {"head": 0.02, "backbone": 0.002}
