@@ -279,7 +279,8 @@ def resolve_data_config(cfg: Mapping | None) -> dict:
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     out = _merge(DATA_DEFAULTS, dict(cfg or {}), "data.")
-    root = Path(out["root"])
+    root = Path(out["root"]).absolute()  # absolute, so resolving twice never prefixes the root twice
+    out["root"] = str(root)
     out["annotations_dir"] = str(root / out["annotations_dir"])
     out["features"]["root"] = str(root / out["features"]["root"])
     out["splits"] = {k: str(Path(out["annotations_dir"]) / v) for k, v in dict(out["splits"]).items()}

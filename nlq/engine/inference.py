@@ -36,11 +36,19 @@ TIMELINE_PLOT = "plots/timeline.png"
 EVAL_CONFIG_FILE = "eval_nlq_config.yaml"
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU when ``enabled``; a no-op on CPU."""
-    if not enabled or device.type != "cuda":
+def autocast(device: torch.device, amp: bool | str) -> contextlib.AbstractContextManager:
+    """Mixed precision of a forward pass.
+
+    amp: True / "auto" -> bf16 autocast on GPU, fp32 on CPU; "bf16" -> bf16 autocast on CPU
+    too (CPUs with AVX-512-BF16 or AMX: ~1.5x faster VSLNet inference); False / "off" -> fp32.
+    """
+    if amp in (False, None, "off"):
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if amp == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def move_to_device(batch: dict, device: torch.device) -> dict:
@@ -85,7 +93,7 @@ def build_eval_loader(dataset: NLQDataset, tokenize, batch_size: int, num_worker
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, amp: bool = False,
+def predict(model: nn.Module, loader: Iterable[dict], device: torch.device, amp: bool | str = False,
             desc: str = "inference") -> list[dict]:
     """Per-query results ``{"key", "windows": [[s, e] x k], "scores": [k]}`` in loader order
     (the model's eval-mode output plus the query key)."""
@@ -139,7 +147,7 @@ def _eval_dataset(run_cfg: DictConfig, data_root: str, annotations: Path,
 
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: str, output_dir: str | Path,
                         annotations: str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
-                        device: str | None = None, amp: bool = True, plot_queries: int = 6) -> dict:
+                        device: str | None = None, amp: bool | str = True, plot_queries: int = 6) -> dict:
     """Run a checkpoint on one split and write its outputs into ``output_dir``.
 
     Annotated splits (windows known, e.g. val): ``predictions.json`` (challenge format),
@@ -176,6 +184,6 @@ def evaluate_checkpoint_from_config(cfg: Any) -> dict:
     output_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).resolve().parent / f"eval_{cfg.split}"
     result = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, output_dir, annotations=cfg.annotations,
                                  batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
-                                 device=cfg.device, amp=bool(cfg.amp), plot_queries=int(cfg.plot_queries))
+                                 device=cfg.device, amp=cfg.amp, plot_queries=int(cfg.plot_queries))
     atomic_write_text(output_dir / EVAL_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return result

@@ -209,3 +209,16 @@ def test_build_datasets_from_config(tmp_path):
         build_datasets({"root": str(tmp_path), "features": {"nmes": ["x"]}})
     with pytest.raises(DataError, match="nlq_train.json"):
         build_datasets({"root": str(tmp_path)}, splits=["train"])
+
+
+def test_resolved_paths_are_absolute_for_a_relative_root(monkeypatch, tmp_path):
+    """A relative data.root (the default `data/synthetic`) resolves once, even when the
+    resolved config is resolved again (as checkpoint evaluation does)."""
+    from nlq.data.dataset import resolve_data_config
+
+    monkeypatch.chdir(tmp_path)
+    once = resolve_data_config({"root": "data/synthetic"})
+    assert once["features"]["root"] == str(tmp_path / "data/synthetic/v2/nlq_features")
+    twice = resolve_data_config({k: once[k] for k in ("root", "annotations_dir", "features")})
+    assert twice["features"]["root"] == once["features"]["root"]
+    assert twice["annotations_dir"] == once["annotations_dir"]

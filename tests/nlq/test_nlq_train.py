@@ -215,3 +215,15 @@ def test_tools_train_then_eval_checkpoint(data_root, tmp_path):
     test_annotations = load_nlq_annotations(data_root / "v2/annotations/nlq_test_unannotated.json")
     assert counts["num_results"] == len(test_annotations.queries()) > 0
     assert validate_submission(read_json(test / "submission.json"), test_annotations) == []
+
+
+def test_autocast_modes():
+    """amp=True is GPU-only; amp="bf16" also runs CPU matmuls in bf16; False is fp32."""
+    from nlq.engine.inference import autocast
+
+    cpu = torch.device("cpu")
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    for amp, dtype in ((True, torch.float32), (False, torch.float32), ("off", torch.float32),
+                       ("bf16", torch.bfloat16)):
+        with autocast(cpu, amp):
+            assert (a @ b).dtype == dtype, amp
