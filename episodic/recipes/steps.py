@@ -1,0 +1,208 @@
+"""A small step runner for the end-to-end recipes: each step runs one tool of ``tools/`` as a
+subprocess (``sys.executable tools/<tool>.py key=value ...`` from the repository root, as a
+user would), streams its output to ``<output_dir>/logs/<step>.log``, times it and prints a
+one-line status. A failed step raises :class:`StepFailed` naming the step and its log.
+
+Skip-if-done: a finished step leaves ``<output_dir>/steps/<step>.json`` (its command line,
+time, a stamp of the run and the stamps of the steps it depends on). With ``resume=True`` a
+step is not run again when its record holds the same command line and the same stamps of
+its dependencies and its declared outputs all exist; the tools themselves resume inside a
+step (training from ``last_checkpoint``, VQ2D evaluation per clip). A step whose
+dependencies were re-run since its record was written starts from scratch: its ``clean``
+folder (inside the recipe's output folder) is removed first, so no tool resumes from
+results made from other inputs. With ``resume=False`` every step runs from scratch.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from episodic.io import atomic_write_json, read_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOGS_DIR = "logs"
+RECORDS_DIR = "steps"
+_TAIL_LINES = 15
+
+
+class StepFailed(RuntimeError):
+    """A recipe step exited with an error; the message names the step, the command and the log."""
+
+
+@dataclass
+class StepResult:
+    name: str      # step name (also the log file's name)
+    seconds: float  # wall time of the run (of the original run when skipped)
+    skipped: bool  # True when an earlier run's result was reused
+    log: str       # path of the step's log file
+
+
+def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log (progress-bar carriage returns split into lines)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    rows = [r for r in text.replace("\r", "\n").splitlines() if r.strip()]
+    return "\n".join("    " + r for r in rows[-lines:])
+
+
+class StepRunner:
+    """Runs a recipe's steps in order (see module docstring).
+
+    Args:
+        output_dir: the recipe's output folder (logs/ and steps/ go there).
+        resume: skip steps already done with the same command line.
+        python: interpreter of the tools (default: this one).
+        cwd: folder the tools run in (default: the repository root).
+        stream: where the one-line statuses go.
+        env: extra environment variables of the tools.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, resume: bool = True, python: str = sys.executable,
+                 cwd: str | os.PathLike = REPO_ROOT, stream: TextIO | None = None, env: dict | None = None):
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.python = python
+        self.cwd = Path(cwd)
+        self.stream = stream if stream is not None else sys.stdout
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.results: list[StepResult] = []
+        self._stamps: dict[str, str] = {}  # step -> stamp of its run (this session or reused)
+
+    # paths ---------------------------------------------------------------------------------
+    def log_path(self, name: str) -> Path:
+        return self.output_dir / LOGS_DIR / f"{name}.log"
+
+    def record_path(self, name: str) -> Path:
+        return self.output_dir / RECORDS_DIR / f"{name}.json"
+
+    # running -------------------------------------------------------------------------------
+    def _say(self, text: str, end: str = "\n") -> None:
+        self.stream.write(text + end)
+        self.stream.flush()
+
+    def _record(self, name: str) -> dict | None:
+        try:
+            return read_json(self.record_path(name)) if self.record_path(name).is_file() else None
+        except Exception:  # noqa: BLE001 - a damaged record means: run again
+            return None
+
+    def _inputs(self, depends: Sequence[str]) -> dict:
+        """The stamps of the steps ``depends`` (run or reused earlier)."""
+        stamps = {}
+        for dep in depends:
+            if dep not in self._stamps:
+                record = self._record(dep)
+                if record is None:
+                    raise ValueError(f"step depends on {dep!r}, which has not run")
+                self._stamps[dep] = record.get("stamp")
+            stamps[dep] = self._stamps[dep]
+        return stamps
+
+    def _reuse(self, name: str, command: list[str], inputs: dict, outputs: Sequence[os.PathLike],
+               ) -> StepResult | None:
+        record = self._record(name) if self.resume else None
+        if (record is None or record.get("command") != command or record.get("inputs", {}) != inputs
+                or not all(Path(p).exists() for p in outputs)):
+            return None
+        self._stamps[name] = record.get("stamp")
+        result = StepResult(name, float(record.get("seconds", 0.0)), True, str(self.log_path(name)))
+        self.results.append(result)
+        self._say(f"[{len(self.results):2d}] {name:<28} ... done before ({result.seconds:.1f} s), skipped")
+        return result
+
+    def _start(self, name: str, inputs: dict, clean: os.PathLike | None, prepare: Callable[[], None] | None
+               ) -> float:
+        record = self._record(name)
+        stale = record is not None and record.get("inputs", {}) != inputs
+        if clean is not None and (not self.resume or stale):
+            clean = Path(clean).resolve()
+            if self.output_dir.resolve() not in clean.parents:
+                raise ValueError(f"step {name}: refusing to remove {clean} (outside {self.output_dir})")
+            shutil.rmtree(clean, ignore_errors=True)
+        self.record_path(name).unlink(missing_ok=True)
+        if prepare is not None:
+            prepare()
+        self._say(f"[{len(self.results) + 1:2d}] {name:<28} ...", end=" ")
+        return time.perf_counter()
+
+    def _finish(self, name: str, command: list[str], inputs: dict, start: float) -> StepResult:
+        seconds = time.perf_counter() - start
+        stamp = uuid.uuid4().hex
+        atomic_write_json(self.record_path(name), {"command": command, "inputs": inputs, "seconds": round(seconds, 2),
+                                                   "stamp": stamp}, indent=1)
+        self._stamps[name] = stamp
+        result = StepResult(name, seconds, False, str(self.log_path(name)))
+        self.results.append(result)
+        self._say(f"ok   {seconds:7.1f} s")
+        return result
+
+    def tool(self, name: str, script: str, args: Sequence[str], *, outputs: Sequence[os.PathLike] = (),
+             depends: Sequence[str] = (), clean: os.PathLike | None = None,
+             prepare: Callable[[], None] | None = None) -> StepResult:
+        """Run ``python tools/<script> <args...>`` as step ``name``.
+
+        outputs: files/folders the step makes (all present + same command and inputs: reused).
+        depends: earlier steps whose results this one reads (re-run when they were re-run).
+        clean: folder removed before running from scratch (must lie in the output folder).
+        prepare: called right before the step runs (not when it is reused).
+        """
+        command = [f"tools/{script}", *map(str, args)]
+        inputs = self._inputs(depends)
+        reused = self._reuse(name, command, inputs, outputs)
+        if reused is not None:
+            return reused
+        start = self._start(name, inputs, clean, prepare)
+        log = self.log_path(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write("$ " + " ".join([Path(self.python).name, *command]) + "\n")
+            f.flush()
+            rc = subprocess.run([self.python, *command], cwd=self.cwd, env=self.env, stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        if rc != 0:
+            self._say("FAILED")
+            raise StepFailed(f"step {name!r} failed (exit code {rc}): {' '.join(command)}\n"
+                             f"  log: {log}\n  last lines:\n{_tail(log)}")
+        return self._finish(name, command, inputs, start)
+
+    def call(self, name: str, fn: Callable[[], object], *, key: Sequence[str] = (),
+             outputs: Sequence[os.PathLike] = (), depends: Sequence[str] = ()) -> StepResult:
+        """Run an in-process step ``fn()`` (e.g. writing a derived data file), timed and
+        reusable like a tool step; ``key`` plays the role of the command line."""
+        command = [f"<{name}>", *map(str, key)]
+        inputs = self._inputs(depends)
+        reused = self._reuse(name, command, inputs, outputs)
+        if reused is not None:
+            return reused
+        start = self._start(name, inputs, None, None)
+        try:
+            fn()
+        except Exception as e:
+            self._say("FAILED")
+            raise StepFailed(f"step {name!r} failed: {type(e).__name__}: {e}") from e
+        return self._finish(name, command, inputs, start)
+
+    def timings(self) -> list[dict]:
+        """Every step run or skipped so far, in order (for results files and reports)."""
+        return [asdict(r) for r in self.results]
+
+
+def run_or_exit(recipe: Callable[[Any], dict], cfg: Any) -> dict:
+    """Run ``recipe(cfg)``; a failed step or bad input ends the program with its message
+    (exit code 1) instead of a traceback."""
+    from episodic.errors import DataError
+
+    try:
+        return recipe(cfg)
+    except (StepFailed, DataError) as e:
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

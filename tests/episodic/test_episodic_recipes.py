@@ -1,0 +1,186 @@
+"""The recipe machinery on its own: the step runner (logs, reuse, stale inputs, failures),
+the few-shot split, the background peak score, seed averaging, findings and reports."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from episodic.recipes.fewshot import subsample_nlq_train, write_fewshot_annotations
+from episodic.recipes.report import bar_chart, format_table, write_readme
+from episodic.recipes.reproduce import findings, mean_over_seeds, seed_spread
+from episodic.recipes.steps import StepFailed, StepRunner
+
+TOOL = """import pathlib, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+print("running with", args)
+if args.get("fail") == "1":
+    sys.exit(3)
+out = pathlib.Path(args["out"])
+out.parent.mkdir(parents=True, exist_ok=True)
+with open(out, "a") as f:
+    f.write(args.get("text", "x") + "\\n")
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "write.py").write_text(TOOL)
+    return tmp_path
+
+
+def _runner(workdir, lines, resume=True):
+    class Stream:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    return StepRunner(workdir / "out", resume=resume, python=sys.executable, cwd=workdir, stream=Stream())
+
+
+def test_step_runner_logs_reuses_and_reruns_stale_steps(workdir):
+    out, lines = workdir / "out", []
+    runner = _runner(workdir, lines)
+    first = runner.tool("make", "write.py", [f"out={out}/a.txt"], outputs=[out / "a.txt"])
+    runner.tool("use", "write.py", [f"out={out}/use/b.txt"], outputs=[out / "use" / "b.txt"], depends=["make"],
+                clean=out / "use")
+    assert not first.skipped and (out / "a.txt").read_text() == "x\n"
+    assert "running with" in (out / "logs" / "make.log").read_text()
+    assert any("ok" in line for line in lines)
+
+    again = _runner(workdir, [])  # same commands: both reused, nothing written again
+    assert again.tool("make", "write.py", [f"out={out}/a.txt"], outputs=[out / "a.txt"]).skipped
+    assert again.tool("use", "write.py", [f"out={out}/use/b.txt"], outputs=[out / "use" / "b.txt"],
+                      depends=["make"], clean=out / "use").skipped
+    assert (out / "a.txt").read_text() == "x\n" and (out / "use" / "b.txt").read_text() == "x\n"
+
+    changed = _runner(workdir, [])  # upstream command changed: it runs, the dependent runs from scratch
+    assert not changed.tool("make", "write.py", [f"out={out}/a.txt", "text=y"], outputs=[out / "a.txt"]).skipped
+    assert not changed.tool("use", "write.py", [f"out={out}/use/b.txt"], outputs=[out / "use" / "b.txt"],
+                            depends=["make"], clean=out / "use").skipped
+    assert (out / "use" / "b.txt").read_text() == "x\n"  # cleaned first, not appended to
+    assert [t["skipped"] for t in changed.timings()] == [False, False]
+
+
+def test_step_runner_failure_names_step_and_log(workdir):
+    runner = _runner(workdir, [])
+    with pytest.raises(StepFailed) as err:
+        runner.tool("broken", "write.py", ["fail=1"])
+    message = str(err.value)
+    assert "broken" in message and "exit code 3" in message and "broken.log" in message
+    assert "running with" in message  # the log's last lines
+    assert not (workdir / "out" / "steps" / "broken.json").exists()  # not recorded as done
+
+
+def test_step_runner_refuses_to_clean_outside_output_dir(workdir):
+    runner = _runner(workdir, [], resume=False)
+    with pytest.raises(ValueError, match="refusing"):
+        runner.tool("x", "write.py", [f"out={workdir}/o.txt"], clean=workdir / "tools")
+    assert (workdir / "tools" / "write.py").is_file()
+
+
+def _nlq_train(num_clips=3, per_clip=4):
+    videos = [{"video_uid": f"v{i}", "clips": [{"clip_uid": f"c{i}", "video_start_sec": 0.0, "video_end_sec": 60.0,
+                                                 "annotations": [{"annotation_uid": f"a{i}", "language_queries": [
+                                                     {"query": f"q{i}{j}?", "clip_start_sec": j, "clip_end_sec": j + 2}
+                                                     for j in range(per_clip)] + [{"query": ""}]}]}]}
+              for i in range(num_clips)]
+    return {"version": "2.0", "videos": videos}
+
+
+def test_fewshot_keeps_every_clip_and_a_fraction_of_queries(tmp_path):
+    src = _nlq_train()
+    out, counts = subsample_nlq_train(src, 0.25, seed=0)
+    assert counts == {"queries": 12, "kept": 3, "fraction": 0.25, "seed": 0}
+    kept = [q["query"] for v in out["videos"] for c in v["clips"] for a in c["annotations"]
+            for q in a["language_queries"]]
+    assert len(kept) == 3 and all(kept)  # text-less queries dropped
+    assert [c["clip_uid"] for v in out["videos"] for c in v["clips"]] == ["c0", "c1", "c2"]
+    assert subsample_nlq_train(src, 0.25, seed=0)[0] == out  # deterministic
+    assert len(src["videos"][0]["clips"][0]["annotations"][0]["language_queries"]) == 5  # input untouched
+    assert subsample_nlq_train(src, 0.01, seed=0)[1]["kept"] == 1
+    with pytest.raises(ValueError):
+        subsample_nlq_train(src, 0.0, seed=0)
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "nlq_train.json").write_text(json.dumps(src))
+    (ann / "vq_train.json").write_text("{}")
+    write_fewshot_annotations(ann, tmp_path / "fs", 0.5, seed=1)
+    assert (tmp_path / "fs" / "vq_train.json").resolve() == (ann / "vq_train.json").resolve()
+    assert not (tmp_path / "fs" / "moments_train.json").exists()
+    assert json.loads((tmp_path / "fs" / "fewshot.json").read_text())["kept"] == 6
+
+
+def test_background_peak_score_uses_frames_outside_the_track(tmp_path):
+    from vq2d.data.annotations import load_vq_annotations
+    from vq2d.inference.detection_pass import QueryDetections
+    from vq2d.inference.pipeline import detection_path
+
+    from episodic.recipes.vq2d_runs import peak_scores
+
+    box = {"x": 1, "y": 1, "width": 4, "height": 4, "rotation": 0, "original_width": 32, "original_height": 32}
+    qs = {"is_valid": True, "query_frame": 6, "query_video_frame": 36, "object_title": "cup",
+          "visual_crop": {**box, "frame_number": 7, "video_frame_number": 42},
+          "response_track": [{**box, "frame_number": f, "video_frame_number": 6 * f} for f in (2, 3)]}
+    ann = {"version": "1", "videos": [{"video_uid": "v", "clips": [{
+        "clip_uid": "c", "video_start_sec": 0.0, "video_end_sec": 2.0, "video_start_frame": 0, "video_end_frame": 60,
+        "clip_fps": 5.0, "annotations": [{"query_sets": {"1": qs}}]}]}]}
+    path = tmp_path / "vq_val.json"
+    path.write_text(json.dumps(ann))
+    query = load_vq_annotations(path).queries()[0]
+    dets = QueryDetections.empty(6, 2)
+    for t, score in enumerate([0.1, 0.4, 0.9, 0.8, 0.2, 0.0]):
+        dets.set_frame(t, np.zeros((1, 4), np.float32), np.array([score], np.float32))
+    dets.save(detection_path(tmp_path / "eval" / "detections", query))
+    scores = peak_scores(tmp_path / "eval", path)
+    assert scores["bg_peak_score"] == pytest.approx(0.4) and scores["gt_peak_score"] == pytest.approx(0.9)
+    assert scores["bg_queries"] == 1
+
+
+def test_mean_over_seeds_and_findings():
+    m = mean_over_seeds({0: {"a": 1.0, "b": None, "n": {"x": 1}}, 1: {"a": 3.0, "b": 2.0, "n": {"x": 1}}})
+    assert m["a"] == 2.0 and m["b"] is None and m["n"] == {"x": 1}
+    assert m["seeds"] == [0, 1] and m["per_seed"]["1"]["a"] == 3.0
+    assert seed_spread(m, "a") == pytest.approx(1.0) and seed_spread(m, "b") is None
+
+    vq = {"no_negatives": {"ap_pos": 10.0, "ap_posneg": 5.0, "bg_peak_score": 0.9},
+          "negatives": {"ap_pos": 10.5, "ap_posneg": 8.0, "bg_peak_score": 0.95}}
+    nlq = {"nlq_only": {"R@1_IoU0.3": 10.0}, "nlq_naq": {"R@1_IoU0.3": 12.0}, "naq_zero_shot": {"R@1_IoU0.3": 0.0},
+           "fewshot_nlq_only": {"R@1_IoU0.3": 3.0}, "fewshot_nlq_naq": {"R@1_IoU0.3": 9.0}}
+    found = {(f["metric"], f["from"]): f for f in findings({"vq2d": vq, "nlq": nlq})}
+    assert found[("ap_posneg", "no_negatives")]["shows"] is True
+    assert found[("bg_peak_score", "no_negatives")]["shows"] is False  # went up: reported, not hidden
+    assert found[("ap_pos", "no_negatives")]["shows"] is True  # about the same
+    assert found[("stAP@0.25", "no_negatives")]["shows"] is None  # not measured
+    assert found[("R@1_IoU0.3 gain", "full")]["delta"] == pytest.approx(4.0)
+    assert found[("R@1_IoU0.3", "-")]["shows"] is False  # zero-shot recall 0
+
+
+def test_report_table_chart_and_readme(tmp_path):
+    table = format_table({"run a": {"x": 0.5, "y": 12.345}, "b": {"x": None}}, ["x", "y"])
+    assert table.splitlines()[2].split() == ["run", "a", "0.500", "12.35"] and "-" in table.splitlines()[3]
+    png = bar_chart(tmp_path / "p" / "c.png", [("panel", {"a": {"x": 1.0}, "b": {"x": 2.0}}, ["x"], "%")], "t")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    readme = write_readme(tmp_path / "README.md", title="T", summary=["s"], tables=table,
+                          pictures=[("cap", "p/c.png")], timings=[{"name": "st", "seconds": 1.0, "skipped": True}])
+    text = readme.read_text()
+    assert "![cap](p/c.png)" in text and "run a" in text and "st" in text
+
+
+def test_choose_curves_prefers_best_and_worst_over_runs(tmp_path):
+    from episodic.recipes.vq2d_runs import choose_curves, pick_pictures
+
+    stious = {"a": {"q1": 0.0, "q2": 0.0, "q3": 0.0}, "b": {"q1": 0.1, "q2": 0.7, "q3": 0.0}}
+    for run, rows in stious.items():
+        (tmp_path / run / "plots" / "curves").mkdir(parents=True)
+        for name in ["q1", "q2", "q3"] if run == "a" else ["q1", "q2"]:
+            (tmp_path / run / "plots" / "curves" / f"{name}.png").write_bytes(b"png")
+        (tmp_path / run / "per_query.json").write_text(json.dumps([{"name": n, "stiou": v} for n, v in rows.items()]))
+    assert choose_curves([tmp_path / "a", tmp_path / "b"], 3) == ["q2", "q1"]  # q3 not drawn in b
+    assert choose_curves([tmp_path / "a"], 1) == ["q1"]
+    copied = pick_pictures(tmp_path / "b", tmp_path / "pics", "vq2d_b", ["q2"])
+    assert [what for what, _ in copied] == ["q2"] and (tmp_path / "pics" / "vq2d_b_curve_q2.png").is_file()
