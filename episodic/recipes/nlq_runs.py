@@ -36,11 +36,18 @@ class NLQSettings:
     epochs: dict = field(default_factory=dict)  # stage -> max_epochs (missing: the preset's)
     train_args: tuple[str, ...] = ()  # extra overrides of tools/train_nlq.py
     eval_args: tuple[str, ...] = ()   # extra overrides of tools/eval_nlq.py
+    threads: int | None = None  # torch CPU threads of the NLQ tools (OMP_NUM_THREADS); None: torch's default
 
     @classmethod
     def from_config(cls, cfg) -> "NLQSettings":
         return cls(model=str(cfg.model), preset=str(cfg.preset), epochs=dict(cfg.get("epochs") or {}),
-                   train_args=tuple(cfg.get("train_args") or ()), eval_args=tuple(cfg.get("eval_args") or ()))
+                   train_args=tuple(cfg.get("train_args") or ()), eval_args=tuple(cfg.get("eval_args") or ()),
+                   threads=cfg.get("threads"))
+
+    @property
+    def env(self) -> dict:
+        """Environment of the NLQ tools (the thread count; they have no config key for it)."""
+        return {} if self.threads is None else {"OMP_NUM_THREADS": str(int(self.threads))}
 
 
 def narrations_path(data_root: str | Path) -> Path:
@@ -83,7 +90,7 @@ def train_arm(runner: StepRunner, name: str, arm: str, settings: NLQSettings, *,
             args.append(f"data.train_file={Path(train_file).resolve()}")
         args.extend(settings.train_args)
         init, step = out / BEST_CHECKPOINT, f"{name}_{stage}"
-        runner.tool(step, "train_nlq.py", args, outputs=[init], depends=depends, clean=out)
+        runner.tool(step, "train_nlq.py", args, outputs=[init], depends=depends, clean=out, env=settings.env)
         depends = [*depends, step]
     return init, step
 
@@ -94,7 +101,7 @@ def evaluate(runner: StepRunner, name: str, settings: NLQSettings, *, checkpoint
     made = SUBMISSION_FILE if split == "test_unannotated" else METRICS_FILE
     runner.tool(name, "eval_nlq.py", [f"checkpoint={checkpoint}", f"data.root={data_root}", f"split={split}",
                                       f"output_dir={output_dir}", *settings.eval_args],
-                outputs=[output_dir / made], depends=depends, clean=output_dir)
+                outputs=[output_dir / made], depends=depends, clean=output_dir, env=settings.env)
     return output_dir
 
 

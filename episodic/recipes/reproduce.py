@@ -13,6 +13,7 @@ shows, and the pictures. Numbers are reported as they come out.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -98,9 +99,7 @@ def run_nlq(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: s
     """Every NLQ run for every seed; returns ({run: R}, {run: first seed's eval dir})."""
     files = prepare_nlq_data(runner, cfg, root=root, out=out, data_step=data_step)
     full = nlq_runs.NLQSettings.from_config(cfg.nlq)
-    fewshot = nlq_runs.NLQSettings(model=full.model, preset=full.preset,
-                                   epochs={**full.epochs, **dict(cfg.nlq.fewshot.get("epochs") or {})},
-                                   train_args=full.train_args, eval_args=full.eval_args)
+    fewshot = dataclasses.replace(full, epochs={**full.epochs, **dict(cfg.nlq.fewshot.get("epochs") or {})})
     results, eval_dirs = {}, {}
     for key, (arm, is_fewshot) in NLQ_RUNS.items():
         settings = fewshot if is_fewshot else full

@@ -147,13 +147,14 @@ class StepRunner:
 
     def tool(self, name: str, script: str, args: Sequence[str], *, outputs: Sequence[os.PathLike] = (),
              depends: Sequence[str] = (), clean: os.PathLike | None = None,
-             prepare: Callable[[], None] | None = None) -> StepResult:
+             prepare: Callable[[], None] | None = None, env: dict | None = None) -> StepResult:
         """Run ``python tools/<script> <args...>`` as step ``name``.
 
         outputs: files/folders the step makes (all present + same command and inputs: reused).
         depends: earlier steps whose results this one reads (re-run when they were re-run).
         clean: folder removed before running from scratch (must lie in the output folder).
         prepare: called right before the step runs (not when it is reused).
+        env: extra environment variables of this step (not part of its identity).
         """
         command = [f"tools/{script}", *map(str, args)]
         inputs = self._inputs(depends)
@@ -166,7 +167,7 @@ class StepRunner:
         with open(log, "w", encoding="utf-8") as f:
             f.write("$ " + " ".join([Path(self.python).name, *command]) + "\n")
             f.flush()
-            rc = subprocess.run([self.python, *command], cwd=self.cwd, env=self.env, stdout=f,
+            rc = subprocess.run([self.python, *command], cwd=self.cwd, env={**self.env, **(env or {})}, stdout=f,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
         if rc != 0:
             self._say("FAILED")
