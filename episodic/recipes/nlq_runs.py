@@ -24,6 +24,7 @@ ARMS: dict[str, tuple[str, ...]] = {  # arm -> stages of tools/train_nlq.py, in 
 BEST_CHECKPOINT = "model_best.pth"  # tools/train_nlq.py: best epoch by val R@1 IoU0.3
 METRICS_FILE = "metrics.json"       # tools/eval_nlq.py, annotated split
 SUBMISSION_FILE = "submission.json"  # tools/eval_nlq.py split=test_unannotated
+CONFIGS = ("configs/nlq",)  # what the NLQ tools read: an edit there re-runs their steps
 METRIC_KEYS = ("R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU", "num_evaluated", "num_gt")
 
 
@@ -90,7 +91,8 @@ def train_arm(runner: StepRunner, name: str, arm: str, settings: NLQSettings, *,
             args.append(f"data.train_file={Path(train_file).resolve()}")
         args.extend(settings.train_args)
         init, step = out / BEST_CHECKPOINT, f"{name}_{stage}"
-        runner.tool(step, "train_nlq.py", args, outputs=[init], depends=depends, clean=out, env=settings.env)
+        runner.tool(step, "train_nlq.py", args, outputs=[init], depends=depends, clean=out, env=settings.env,
+                    watch=CONFIGS)
         depends = [*depends, step]
     return init, step
 
@@ -101,7 +103,7 @@ def evaluate(runner: StepRunner, name: str, settings: NLQSettings, *, checkpoint
     made = SUBMISSION_FILE if split == "test_unannotated" else METRICS_FILE
     runner.tool(name, "eval_nlq.py", [f"checkpoint={checkpoint}", f"data.root={data_root}", f"split={split}",
                                       f"output_dir={output_dir}", *settings.eval_args],
-                outputs=[output_dir / made], depends=depends, clean=output_dir, env=settings.env)
+                outputs=[output_dir / made], depends=depends, clean=output_dir, env=settings.env, watch=CONFIGS)
     return output_dir
 
 

@@ -6,14 +6,16 @@ one-line status. A failed step raises :class:`StepFailed` naming the step and it
 Skip-if-done: a finished step leaves ``<output_dir>/steps/<step>.json`` (its command line,
 time, a stamp of the run and the stamps of the steps it depends on). With ``resume=True`` a
 step is not run again when its record holds the same command line and the same stamps of
-its dependencies and its declared outputs all exist; the tools themselves resume inside a
-step (training from ``last_checkpoint``, VQ2D evaluation per clip). A step whose
-dependencies were re-run since its record was written starts from scratch: its ``clean``
-folder (inside the recipe's output folder) is removed first, so no tool resumes from
-results made from other inputs. With ``resume=False`` every step runs from scratch.
+its dependencies and of the config files it reads (``watch``: the tool's config folder)
+and its declared outputs all exist; the tools themselves resume inside a step (training
+from ``last_checkpoint``, VQ2D evaluation per clip). A step whose dependencies were re-run
+or whose config files changed since its record was written starts from scratch: its
+``clean`` folder (inside the recipe's output folder) is removed first, so no tool resumes
+from results made with other inputs. With ``resume=False`` every step runs from scratch.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -95,9 +97,10 @@ class StepRunner:
         except Exception:  # noqa: BLE001 - a damaged record means: run again
             return None
 
-    def _inputs(self, depends: Sequence[str]) -> dict:
-        """The stamps of the steps ``depends`` (run or reused earlier)."""
-        stamps = {}
+    def _inputs(self, depends: Sequence[str], watch: Sequence[os.PathLike] = ()) -> dict:
+        """The stamps of the steps ``depends`` (run or reused earlier) and, under "<config>",
+        a digest of the files in ``watch`` (files or folders, relative to the tools' folder)."""
+        stamps = {"<config>": config_digest([self.cwd / p for p in watch])} if watch else {}
         for dep in depends:
             if dep not in self._stamps:
                 record = self._record(dep)
@@ -147,7 +150,8 @@ class StepRunner:
 
     def tool(self, name: str, script: str, args: Sequence[str], *, outputs: Sequence[os.PathLike] = (),
              depends: Sequence[str] = (), clean: os.PathLike | None = None,
-             prepare: Callable[[], None] | None = None, env: dict | None = None) -> StepResult:
+             prepare: Callable[[], None] | None = None, env: dict | None = None,
+             watch: Sequence[os.PathLike] = ()) -> StepResult:
         """Run ``python tools/<script> <args...>`` as step ``name``.
 
         outputs: files/folders the step makes (all present + same command and inputs: reused).
@@ -155,9 +159,10 @@ class StepRunner:
         clean: folder removed before running from scratch (must lie in the output folder).
         prepare: called right before the step runs (not when it is reused).
         env: extra environment variables of this step (not part of its identity).
+        watch: config files/folders the tool reads (relative to ``cwd``): a change re-runs it.
         """
         command = [f"tools/{script}", *map(str, args)]
-        inputs = self._inputs(depends)
+        inputs = self._inputs(depends, watch)
         reused = self._reuse(name, command, inputs, outputs)
         if reused is not None:
             return reused
@@ -195,6 +200,17 @@ class StepRunner:
     def timings(self) -> list[dict]:
         """Every step run or skipped so far, in order (for results files and reports)."""
         return [asdict(r) for r in self.results]
+
+
+def config_digest(paths: Sequence[os.PathLike]) -> str:
+    """A short hash of the names and contents of the files in ``paths`` (files or folders)."""
+    digest = hashlib.sha1()
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(path.parent)).encode() + b"\0")
+            digest.update(file.read_bytes() if file.is_file() else b"<missing>")
+    return digest.hexdigest()[:16]
 
 
 def run_or_exit(recipe: Callable[[Any], dict], cfg: Any) -> dict:

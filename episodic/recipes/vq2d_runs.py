@@ -21,6 +21,7 @@ PER_QUERY_FILE = "per_query.json"        # tools/eval_vq2d.py: per-query diagnos
 SUBMISSION_FILE = "submission.json"      # tools/eval_vq2d.py split=test_unannotated
 DETECTION_AP_FILE = "detection_ap.json"  # tools/train_vq2d.py: frame-level AP on val (percent)
 CHECKPOINT_FILE = "model_final.pth"      # tools/train_vq2d.py
+CONFIGS = ("configs/vq2d",)              # what the VQ2D tools read: an edit there re-runs their steps
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def train_detector(runner: StepRunner, name: str, settings: DetectorSettings, *,
             *settings.train_args]
     checkpoint = output_dir / CHECKPOINT_FILE
     runner.tool(name, "train_vq2d.py", args, outputs=[checkpoint, output_dir / DETECTION_AP_FILE],
-                depends=depends, clean=output_dir)
+                depends=depends, clean=output_dir, watch=CONFIGS)
     return checkpoint
 
 
@@ -62,7 +63,8 @@ def evaluate_detector(runner: StepRunner, name: str, settings: DetectorSettings,
     args = [f"checkpoint={checkpoint}", f"data.root={data_root}", f"split={split}", f"output_dir={output_dir}",
             f"workers={settings.workers}", *settings.eval_args]
     made = SUBMISSION_FILE if split == "test_unannotated" else METRICS_FILE
-    runner.tool(name, "eval_vq2d.py", args, outputs=[output_dir / made], depends=depends, clean=output_dir)
+    runner.tool(name, "eval_vq2d.py", args, outputs=[output_dir / made], depends=depends, clean=output_dir,
+                watch=CONFIGS)
     return output_dir
 
 

@@ -184,3 +184,15 @@ def test_choose_curves_prefers_best_and_worst_over_runs(tmp_path):
     assert choose_curves([tmp_path / "a"], 1) == ["q1"]
     copied = pick_pictures(tmp_path / "b", tmp_path / "pics", "vq2d_b", ["q2"])
     assert [what for what, _ in copied] == ["q2"] and (tmp_path / "pics" / "vq2d_b_curve_q2.png").is_file()
+
+
+def test_step_runner_reruns_from_scratch_when_watched_config_changes(workdir):
+    out = workdir / "out"
+    (workdir / "configs").mkdir()
+    (workdir / "configs" / "tool.yaml").write_text("a: 1\n")
+    args = dict(outputs=[out / "run" / "c.txt"], clean=out / "run", watch=["configs"])
+    assert not _runner(workdir, []).tool("cfg", "write.py", [f"out={out}/run/c.txt"], **args).skipped
+    assert _runner(workdir, []).tool("cfg", "write.py", [f"out={out}/run/c.txt"], **args).skipped
+    (workdir / "configs" / "tool.yaml").write_text("a: 2\n")
+    assert not _runner(workdir, []).tool("cfg", "write.py", [f"out={out}/run/c.txt"], **args).skipped
+    assert (out / "run" / "c.txt").read_text() == "x\n"  # cleaned, not resumed
