@@ -51,3 +51,43 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert "pictures/metrics.png" in readme and (out / "pictures" / "metrics.png").stat().st_size > 0
     assert (out / "pictures" / "nlq_timeline.png").is_file()
     assert (out / "logs" / "vq2d_train.log").is_file()
+
+
+REPRODUCE_INSTANT = [  # keys reproduce.yaml already sets are overridden without "+"
+    "+synthetic.vq2d.num_train_clips=2", "+synthetic.vq2d.num_val_clips=1", "+synthetic.vq2d.num_test_clips=1",
+    "+synthetic.vq2d.frames_per_clip=[36,44]", "+synthetic.vq2d.annotations_per_clip=[1,1]",
+    "+synthetic.nlq.n_train_clips=4", "synthetic.nlq.n_val_clips=1", "+synthetic.nlq.n_test_clips=1",
+    "synthetic.nlq.n_moments_clips=2",
+    "vq2d.max_iter=2", "vq2d.workers=1", "vq2d.train_args=['eval.max_queries=2','eval.period=0','data.num_workers=0']",
+    "nlq.seeds=[0]", "nlq.epochs.nlq_only=1", "nlq.epochs.joint=1", "nlq.epochs.finetune=1", "nlq.epochs.naq_only=1",
+    "nlq.fewshot.epochs.nlq_only=1", "nlq.fewshot.epochs.finetune=1", "pictures.curves=1",
+]
+NLQ_RUNS = {"nlq_only", "nlq_naq", "naq_zero_shot", "fewshot_nlq_only", "fewshot_nlq_naq"}
+
+
+def test_reproduce_recipe_end_to_end(tmp_path):
+    out, root = tmp_path / "reproduce", tmp_path / "data"
+    cmd = [sys.executable, "tools/reproduce.py", f"output_dir={out}", f"data.root={root}", *REPRODUCE_INSTANT]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"vq2d", "nlq", "seconds"}
+    assert set(results["vq2d"]) == {"negatives", "no_negatives"} and set(results["nlq"]) == NLQ_RUNS
+    for metrics in results["vq2d"].values():
+        assert VQ2D_KEYS <= set(metrics) and metrics["seeds"] == [0]
+    for metrics in results["nlq"].values():
+        assert NLQ_KEYS <= set(metrics) and metrics["seeds"] == [0]
+        assert metrics["R@1_IoU0.3"] == metrics["per_seed"]["0"]["R@1_IoU0.3"]
+    # the few-shot runs trained on fewer NLQ queries than the full ones (same data set)
+    fewshot = json.loads((out / "nlq" / "fewshot_annotations" / "nlq_train.json").read_text())
+    full = json.loads((root / "v2" / "annotations" / "nlq_train.json").read_text())
+    count = lambda f: sum(len(a["language_queries"]) for v in f["videos"] for c in v["clips"] for a in c["annotations"])
+    assert 1 <= count(fewshot) < count(full)
+
+    findings = json.loads((out / "findings.json").read_text())
+    assert {f["metric"] for f in findings} >= {"ap_posneg", "bg_peak_score", "R@1_IoU0.3"}
+    readme = (out / "README.md").read_text()
+    assert "naq_zero_shot" in readme and "| effect (paper) |" in readme
+    assert (out / "pictures" / "vq2d_negatives_false_positives.png").is_file()
+    assert (out / "pictures" / "vq2d_no_negatives_false_positives.png").is_file()
