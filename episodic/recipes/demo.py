@@ -9,16 +9,15 @@ table on stdout and ``OUT/README.md``.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from episodic.errors import DataError
-from episodic.io import atomic_write_json, read_json
+from episodic.io import read_json
 from episodic.recipes import nlq_runs, vq2d_runs
-from episodic.recipes.data import SUMMARY_FILE, generate
-from episodic.recipes.report import (PICTURES_DIR, RESULTS_FILE, TIMINGS_FILE, bar_chart, nlq_panels, publish,
-                                     results_tables, vq2d_panels, write_readme)
+from episodic.recipes.recipe import DATA_SUMMARY, RecipeRun
+from episodic.recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, results_tables, vq2d_panels,
+                                     write_readme)
 from episodic.recipes.steps import StepRunner
 
 
@@ -69,20 +68,11 @@ def run_nlq(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: s
 def run_demo(cfg: Any) -> dict:
     """Run the demo recipe (module docstring) as ``cfg`` (configs/demo.yaml) says; returns
     ``{"vq2d": M, "nlq": R, "seconds": total}`` (also written to OUT/results.json)."""
-    start = time.perf_counter()
-    # absolute paths for the tools: tools/train_nlq.py misreads a relative data.root
-    root, out = Path(cfg.data.root).resolve(), Path(cfg.output_dir).resolve()
-    runner = StepRunner(out, resume=bool(cfg.resume))
-    print(f"demo: data {root}, outputs {out}", flush=True)
-    data_step = generate(runner, "data", root=root, seed=int(cfg.seed), preset=str(cfg.preset),
-                         synthetic=cfg.get("synthetic"))
-    publish(root / SUMMARY_FILE, out / "data_summary.json")
-    vq2d = run_vq2d(runner, cfg, root=root, out=out, data_step=data_step)
-    nlq = run_nlq(runner, cfg, root=root, out=out, data_step=data_step)
-    results = {"vq2d": vq2d, "nlq": nlq, "seconds": round(time.perf_counter() - start, 1)}
-    atomic_write_json(out / RESULTS_FILE, results, indent=2)
-    atomic_write_json(out / TIMINGS_FILE, runner.timings(), indent=1)
-    write_demo_report(cfg, out, results, runner.timings(), read_json(out / "data_summary.json"))
+    run = RecipeRun.begin("demo", cfg)
+    vq2d = run_vq2d(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
+    nlq = run_nlq(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
+    results = run.finish(vq2d, nlq)
+    write_demo_report(cfg, run.out, results, run.runner.timings(), read_json(run.out / DATA_SUMMARY))
     return results
 
 

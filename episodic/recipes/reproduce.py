@@ -14,7 +14,6 @@ shows, and the pictures. Numbers are reported as they come out.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,10 +21,10 @@ import numpy as np
 
 from episodic.io import atomic_write_json
 from episodic.recipes import nlq_runs, vq2d_runs
-from episodic.recipes.data import SUMMARY_FILE, generate
 from episodic.recipes.fewshot import NLQ_TRAIN, write_fewshot_annotations
-from episodic.recipes.report import (NLQ_COLUMNS, PICTURES_DIR, RESULTS_FILE, TIMINGS_FILE, VQ2D_COLUMNS, bar_chart,
-                                     format_table, nlq_panels, publish, results_tables, vq2d_panels, write_readme)
+from episodic.recipes.report import (NLQ_COLUMNS, PICTURES_DIR, VQ2D_COLUMNS, bar_chart, format_table, nlq_panels,
+                                     publish, results_tables, vq2d_panels, write_readme)
+from episodic.recipes.recipe import RecipeRun
 from episodic.recipes.steps import StepRunner
 
 VQ2D_VARIANTS = {"negatives": True, "no_negatives": False}  # results key -> negatives=
@@ -206,20 +205,11 @@ def format_findings(rows: Sequence[Mapping]) -> list[str]:
 def run_reproduce(cfg: Any) -> dict:
     """Run the reproduce recipe (module docstring) as ``cfg`` (configs/reproduce.yaml) says;
     returns the results dict also written to OUT/results.json."""
-    start = time.perf_counter()
-    # absolute paths for the tools: tools/train_nlq.py misreads a relative data.root
-    root, out = Path(cfg.data.root).resolve(), Path(cfg.output_dir).resolve()
-    runner = StepRunner(out, resume=bool(cfg.resume))
-    print(f"reproduce: data {root}, outputs {out}", flush=True)
-    data_step = generate(runner, "data", root=root, seed=int(cfg.seed), preset=str(cfg.preset),
-                         synthetic=cfg.get("synthetic"))
-    publish(root / SUMMARY_FILE, out / "data_summary.json")
-    vq2d, vq2d_dirs = run_vq2d(runner, cfg, root=root, out=out, data_step=data_step)
-    nlq, nlq_dirs = run_nlq(runner, cfg, root=root, out=out, data_step=data_step)
-    results = {"vq2d": vq2d, "nlq": nlq, "seconds": round(time.perf_counter() - start, 1)}
-    atomic_write_json(out / RESULTS_FILE, results, indent=2)
-    atomic_write_json(out / TIMINGS_FILE, runner.timings(), indent=1)
-    write_reproduce_report(cfg, out, results, runner.timings(), vq2d_dirs, nlq_dirs)
+    run = RecipeRun.begin("reproduce", cfg)
+    vq2d, vq2d_dirs = run_vq2d(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
+    nlq, nlq_dirs = run_nlq(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
+    results = run.finish(vq2d, nlq)
+    write_reproduce_report(cfg, run.out, results, run.runner.timings(), vq2d_dirs, nlq_dirs)
     return results
 
 
