@@ -7,7 +7,7 @@ setup(
     description="Train and evaluate Ego4D episodic-memory models: VQ2D (siamese detector + "
     "tracking) and NLQ (VSLNet / ReLER with NaQ).",
     python_requires=">=3.10",
-    packages=find_packages(include=["episodic*", "vq2d*", "nlq*"]),
+    packages=find_packages(include=["episodic*", "vq2d*", "nlq*", "recipes*"]),
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

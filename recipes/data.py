@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from episodic.config import to_container
-from episodic.recipes.steps import StepRunner
+from recipes.steps import StepRunner
 
 SUMMARY_FILE = "v2/synthetic_summary.json"  # written last by make_synthetic
 FRAME_CACHE = "frame_cache"  # JPEG frames extracted from the clips by the VQ2D tools (default location)

@@ -14,11 +14,11 @@ from typing import Any
 
 from episodic.errors import DataError
 from episodic.io import read_json
-from episodic.recipes import nlq_runs, vq2d_runs
-from episodic.recipes.recipe import DATA_SUMMARY, RecipeRun
-from episodic.recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, results_tables, vq2d_panels,
+from recipes import nlq_runs, vq2d_runs
+from recipes.recipe import DATA_SUMMARY, RecipeRun
+from recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, results_tables, vq2d_panels,
                                      write_readme)
-from episodic.recipes.steps import StepRunner
+from recipes.steps import StepRunner
 
 
 def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
@@ -78,7 +78,7 @@ def run_demo(cfg: Any) -> dict:
 
 def write_demo_report(cfg: Any, out: Path, results: dict, timings: list, data_summary: dict) -> None:
     """The bar chart, the results table on stdout and OUT/README.md."""
-    from episodic.synthetic import format_summary
+    from recipes.synthetic import format_summary
 
     runs_vq2d, runs_nlq = {"demo (negatives)": results["vq2d"]}, {"demo (NLQ + NaQ, 2 stages)": results["nlq"]}
     chart = bar_chart(out / PICTURES_DIR / "metrics.png", [*vq2d_panels(runs_vq2d), *nlq_panels(runs_nlq)],

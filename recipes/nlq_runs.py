@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from episodic.io import read_json
-from episodic.recipes.steps import StepRunner
+from recipes.steps import StepRunner
 
 ARMS: dict[str, tuple[str, ...]] = {  # arm -> stages of tools/train_nlq.py, in order
     "nlq_only": ("nlq_only",),

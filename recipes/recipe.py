@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from episodic.io import atomic_write_json
-from episodic.recipes.data import SUMMARY_FILE, generate
-from episodic.recipes.report import RESULTS_FILE, TIMINGS_FILE, publish
-from episodic.recipes.steps import StepRunner
+from recipes.data import SUMMARY_FILE, generate
+from recipes.report import RESULTS_FILE, TIMINGS_FILE, publish
+from recipes.steps import StepRunner
 
 DATA_SUMMARY = "data_summary.json"  # OUT/: the generated data set's summary (copied from the data root)
 

@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from episodic.io import atomic_write_json
-from episodic.recipes import nlq_runs, vq2d_runs
-from episodic.recipes.fewshot import NLQ_TRAIN, write_fewshot_annotations
-from episodic.recipes.report import (NLQ_COLUMNS, PICTURES_DIR, VQ2D_COLUMNS, bar_chart, format_table, nlq_panels,
+from recipes import nlq_runs, vq2d_runs
+from recipes.fewshot import NLQ_TRAIN, write_fewshot_annotations
+from recipes.report import (NLQ_COLUMNS, PICTURES_DIR, VQ2D_COLUMNS, bar_chart, format_table, nlq_panels,
                                      publish, results_tables, vq2d_panels, write_readme)
-from episodic.recipes.recipe import RecipeRun
-from episodic.recipes.steps import StepRunner
+from recipes.recipe import RecipeRun
+from recipes.steps import StepRunner
 
 VQ2D_VARIANTS = {"negatives": True, "no_negatives": False}  # results key -> negatives=
 NLQ_RUNS = {  # results key -> (arm, few-shot NLQ train split)

@@ -1,7 +1,7 @@
 """The VQ2D part of the recipes: train a detector, evaluate it through the full pipeline,
 and gather its metrics (the eval tool's, the trainer's frame AP, the background peak score).
 
-Every function that runs something takes the recipe's :class:`~episodic.recipes.steps.StepRunner`
+Every function that runs something takes the recipe's :class:`~recipes.steps.StepRunner`
 and returns paths; the metric readers are plain functions over the tools' output files.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from episodic.io import read_json
-from episodic.recipes.report import publish
-from episodic.recipes.steps import StepRunner
+from recipes.report import publish
+from recipes.steps import StepRunner
 
 METRICS_FILE = "metrics.json"            # tools/eval_vq2d.py, checkpoint mode
 PER_QUERY_FILE = "per_query.json"        # tools/eval_vq2d.py: per-query diagnostics (stiou, ...)

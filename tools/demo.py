@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline on the synthetic mini-Ego4D (episodic/recipes/demo.py).
+"""`make demo`: the whole pipeline on the synthetic mini-Ego4D (recipes/demo.py).
 
     python tools/demo.py [output_dir=outputs/demo] [vq2d.max_iter=300] [resume=false] ...
 
@@ -9,8 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from episodic.config import save_config
-from episodic.recipes.demo import run_demo
-from episodic.recipes.steps import run_or_exit
+from recipes.demo import run_demo
+from recipes.steps import run_or_exit
 
 
 @hydra.main(config_path="../configs", config_name="demo", version_base="1.3")

@@ -6,7 +6,7 @@ annotations and narrations) in the exact Ego4D formats.
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from episodic.synthetic import format_summary, make_synthetic
+from recipes.synthetic import format_summary, make_synthetic
 
 
 @hydra.main(config_path="../configs", config_name="make_synthetic", version_base="1.3")

@@ -1,5 +1,5 @@
 """`make reproduce`: the seed papers' findings on the synthetic val split
-(episodic/recipes/reproduce.py): VQ2D with vs without negative frames; VSLNet on NLQ only,
+(recipes/reproduce.py): VQ2D with vs without negative frames; VSLNet on NLQ only,
 NLQ + NaQ, NaQ only, and few-shot NLQ only vs NLQ + NaQ.
 
     python tools/reproduce.py [output_dir=outputs/reproduce] [nlq.seeds=[0]] [resume=false] ...
@@ -11,8 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from episodic.config import save_config
-from episodic.recipes.reproduce import run_reproduce
-from episodic.recipes.steps import run_or_exit
+from recipes.reproduce import run_reproduce
+from recipes.steps import run_or_exit
 
 
 @hydra.main(config_path="../configs", config_name="reproduce", version_base="1.3")

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from episodic.recipes.fewshot import subsample_nlq_train, write_fewshot_annotations
-from episodic.recipes.report import bar_chart, format_table, write_readme
-from episodic.recipes.reproduce import findings, mean_over_seeds, seed_spread
-from episodic.recipes.steps import StepFailed, StepRunner
+from recipes.fewshot import subsample_nlq_train, write_fewshot_annotations
+from recipes.report import bar_chart, format_table, write_readme
+from recipes.reproduce import findings, mean_over_seeds, seed_spread
+from recipes.steps import StepFailed, StepRunner
 
 TOOL = """import pathlib, sys
 args = dict(a.split("=", 1) for a in sys.argv[1:])
@@ -120,7 +120,7 @@ def test_background_peak_score_uses_frames_outside_the_track(tmp_path):
     from vq2d.inference.detection_pass import QueryDetections
     from vq2d.inference.pipeline import detection_path
 
-    from episodic.recipes.vq2d_runs import peak_scores
+    from recipes.vq2d_runs import peak_scores
 
     box = {"x": 1, "y": 1, "width": 4, "height": 4, "rotation": 0, "original_width": 32, "original_height": 32}
     qs = {"is_valid": True, "query_frame": 6, "query_video_frame": 36, "object_title": "cup",
@@ -174,7 +174,7 @@ def test_report_table_chart_and_readme(tmp_path):
 
 
 def test_choose_curves_prefers_best_and_worst_over_runs(tmp_path):
-    from episodic.recipes.vq2d_runs import choose_curves, pick_pictures
+    from recipes.vq2d_runs import choose_curves, pick_pictures
 
     stious = {"a": {"q1": 0.0, "q2": 0.0, "q3": 0.0}, "b": {"q1": 0.1, "q2": 0.7, "q3": 0.0}}
     for run, rows in stious.items():

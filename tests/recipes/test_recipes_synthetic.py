@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from episodic.synthetic import format_summary, summarize
+from recipes.synthetic import format_summary, summarize
 from nlq.data.annotations import load_nlq_annotations
 from vq2d.data.annotations import load_vq_annotations
 
