@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence, TextIO
 
 from episodic.io import atomic_write_json, read_json
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOGS_DIR = "logs"
 RECORDS_DIR = "steps"
 _TAIL_LINES = 15
