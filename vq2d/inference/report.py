@@ -14,6 +14,7 @@ from episodic.errors import DataError
 from episodic.io import atomic_write_json, read_json
 from vq2d.data.annotations import VQAnnotationFile, VQQuery
 from vq2d.data.crops import make_visual_crop
+from vq2d.evaluation.ground_truth import query_name, valid_query_sets
 from vq2d.evaluation.metrics import METRIC_KEYS, QueryResult, search_efficiency
 from vq2d.evaluation.scoring import METRICS_FILE, Scores, score_submission, write_scores
 from vq2d.evaluation.submission import build_submission, write_submission
@@ -76,6 +77,14 @@ def _timing_columns(queries: Sequence[VQQuery], outcomes: Mapping[str, QueryOutc
             for q in queries}
 
 
+def skipped_queries(annotations: VQAnnotationFile, raw: Mapping) -> dict[str, str]:
+    """Query name -> why the annotation loader skipped it, for the query sets marked valid in
+    the file that the loader rejected (malformed; never answered)."""
+    answered = {q.key for q in annotations.queries()}
+    names = [query_name(k) for k, _ in valid_query_sets(raw) if k not in answered]
+    return dict(zip(names, (str(p) for p in annotations.problems)))
+
+
 def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Mapping[str, QueryOutcome]) -> dict:
     """Write the predictions (or submission), score it, write diagnostics and plots; return
     the metrics (annotated split) or {search_efficiency, num_queries} (test split). Both
@@ -109,9 +118,10 @@ def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Ma
         metrics = {k: scores.metrics[k] for k in METRIC_KEYS}
         metrics.update(search_efficiency=efficiency)
         metrics.update({k: v for k, v in scores.metrics.items() if k not in METRIC_KEYS})
-    if annotations.problems:
-        metrics["num_skipped"] = len(annotations.problems)
-        metrics["skipped_queries"] = [str(p) for p in annotations.problems]
+    skipped = skipped_queries(annotations, raw)
+    if skipped:
+        metrics["num_skipped"] = len(skipped)
+        metrics["skipped_queries"] = skipped
     metrics["timings_s"] = timing_totals(outcomes)
     atomic_write_json(out / METRICS_FILE, metrics, indent=2)
     results = scores.results if scores is not None else None
