@@ -33,7 +33,7 @@ def test_metrics_equal_the_official_scorer(case, tmp_path):
     metrics = score_predictions_file(*_files(case), tmp_path)
     for key in KEYS:
         assert metrics[key] == pytest.approx(OFFICIAL[case]["metrics"][key], abs=1e-9, rel=0), key
-    assert metrics["num_dropped"] == 0 and metrics["num_problems"] == 0
+    assert metrics["num_dropped"] == 0 and metrics["num_problems"] == metrics["num_unreadable"] == 0
     assert not (tmp_path / "problems.txt").exists()
 
 

@@ -17,7 +17,8 @@ from episodic.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 METRIC_KEYS = ["stAP@0.25", "stAP", "tAP@0.25", "tAP", "success", "recovery", "num_queries", "num_dropped",
-               "dropped_queries", "num_problems", "warnings", "by_size", "by_length"]
+               "dropped_queries", "num_problems", "num_unreadable", "unreadable_queries", "warnings", "by_size",
+               "by_length"]
 
 
 # Tiny annotation file: 2 videos, 3 clips; query set "3" of each annotation is invalid ----------
@@ -226,6 +227,7 @@ def test_a_non_contiguous_track_is_named_and_scored_empty(tiny, tiny_sub):
     scores = score_submission(tiny_sub, tiny, tiny_raw())
     assert [p for p in scores.problems if "not contiguous" in p and "query c1_0_1" in p]
     assert scores.results[QueryKey("c1", 0, "1")].empty and scores.metrics["num_problems"] == 1
+    assert scores.metrics["num_unreadable"] == 1 and scores.metrics["unreadable_queries"] == ["c1_0_1"]
 
 
 # Reader: bad predictions are reported and scored empty ----------------------------------------------
@@ -239,6 +241,7 @@ def test_bad_predictions_are_reported_and_scored_empty(tiny, tiny_sub):
     empty = {k for k, r in results.items() if r.empty}
     assert empty == {QueryKey("c1", 0, "1"), QueryKey("c2", 0, "1"), QueryKey("c2", 0, "2")}
     assert metrics["num_queries"] == 8 and metrics["success"] == pytest.approx(100 * 5 / 8)
+    assert sorted(metrics["unreadable_queries"]) == ["c1_0_1", "c2_0_1", "c2_0_2"]
 
 
 def test_out_of_order_entries_are_still_matched_by_uid(tiny, tiny_sub):

@@ -120,8 +120,9 @@ def _query_label(clip_uid: str, annotation_index: int, query_set: str) -> str:
            f'{annotation_index}, query set "{query_set}"'
 
 
-class _Reader:
-    """Walks a submission alongside the annotation file, collecting tracks and problems."""
+class SubmissionReader:
+    """Walks a submission alongside the annotation file (:meth:`read`), collecting
+    ``tracks``, ``problems``, ``warnings`` and the ``unreadable`` queries."""
 
     def __init__(self, annotations: VQAnnotationFile, keys: Iterable[QueryKey] | None = None):
         self.annotations = annotations
@@ -129,6 +130,7 @@ class _Reader:
         self.tracks: dict[QueryKey, PredictedTrack] = {k: PredictedTrack.empty() for k in keys}
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.unreadable: list[QueryKey] = []  # queries scored empty because of a problem
 
     def report(self, message: str) -> None:
         self.problems.append(message)
@@ -180,8 +182,10 @@ class _Reader:
                 self.report(f"{where}[{j}]{label}: not in the annotation file; ignored")
 
     def _scored_empty(self, clip: VQClip, annotation_indices: range, where: str, reason: str) -> None:
-        n = sum(QueryKey(clip.clip_uid, ai, k) in self.tracks for ai in annotation_indices
-                for k in clip.annotations[ai].query_sets)
+        keys = [QueryKey(clip.clip_uid, ai, k) for ai in annotation_indices for k in clip.annotations[ai].query_sets]
+        keys = [k for k in keys if k in self.tracks]
+        self.unreadable += keys
+        n = len(keys)
         if n:
             self.report(f"{where}: {reason}; the {n} query sets of clip {clip.clip_uid} "
                         f"there are scored empty")
@@ -190,6 +194,7 @@ class _Reader:
     def read(self, sub: Any) -> None:
         if not isinstance(sub, dict):
             self.report(f"top level: expected an object, got {type(sub).__name__}; every query is scored empty")
+            self.unreadable = list(self.tracks)
             return
         if sub.get("version") != self.annotations.version:
             self.report(f"version: expected {self.annotations.version!r} (the annotation file's), "
@@ -199,9 +204,11 @@ class _Reader:
         results = sub.get("results")
         if not isinstance(results, dict):
             self.report("results: expected an object with 'videos'; every query is scored empty")
+            self.unreadable = list(self.tracks)
             return
         videos = self._list_field(results, "videos", "results")
         if videos is None:
+            self.unreadable = list(self.tracks)
             return
         self._count(videos, len(self.annotations.videos), "results.videos", "videos")
         used: set[int] = set()
@@ -262,7 +269,7 @@ class _Reader:
             if key not in ann.query_sets:
                 self.report(f'{where}.query_sets["{key}"]: query set "{key}" is not in annotation {ai} '
                             f"of clip {clip.clip_uid}; ignored")
-        for key, qs in ann.query_sets.items():
+        for key in ann.query_sets:
             qwhere = f'{where}.query_sets["{key}"]'
             label = _query_label(clip.clip_uid, ai, key)
             if QueryKey(clip.clip_uid, ai, key) not in self.tracks:  # invalid: only its shape is checked
@@ -273,12 +280,14 @@ class _Reader:
                 continue
             if key not in pqs:
                 self.report(f"{qwhere} ({label}): missing; scored empty")
+                self.unreadable.append(QueryKey(clip.clip_uid, ai, key))
                 continue
             track, problems, warnings = parse_track(pqs[key], qwhere)
             self.warnings += [f"{w} ({label})" for w in warnings]
             if track is None:
                 for p in problems:
                     self.report(f"{p} ({label}; scored empty)")
+                self.unreadable.append(QueryKey(clip.clip_uid, ai, key))
             else:
                 self.tracks[QueryKey(clip.clip_uid, ai, key)] = track
 
@@ -291,7 +300,7 @@ def read_submission(sub: Any, annotations: VQAnnotationFile, keys: Iterable[Quer
     of ``annotations``; the scorer passes the ones the official code reads as valid).
     Returns ({QueryKey: PredictedTrack} for every one of ``keys``, empty where there is no
     usable answer; the problems; the warnings)."""
-    reader = _Reader(annotations, keys)
+    reader = SubmissionReader(annotations, keys)
     reader.read(sub)
     return reader.tracks, reader.problems, reader.warnings
 

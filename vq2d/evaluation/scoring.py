@@ -8,9 +8,11 @@ atomically into ``output_dir`` (default: the predictions file's folder):
 
 * ``metrics.json``: the metrics of :func:`vq2d.evaluation.metrics.summarize`, then
   ``num_dropped`` / ``dropped_queries`` (name -> reason: GT the official code would
-  fail on or leave out), ``num_problems`` (queries scored empty because their prediction
-  is unreadable), ``warnings`` (counted suspicious boxes) and the breakdowns ``by_size``
-  and ``by_length`` (:mod:`vq2d.evaluation.breakdown`);
+  fail on or leave out), ``num_problems`` (problems found in the predictions file),
+  ``num_unreadable`` / ``unreadable_queries`` (queries scored empty because their
+  prediction could not be read, e.g. a non-contiguous track), ``warnings`` (counted
+  suspicious boxes) and the breakdowns ``by_size`` and ``by_length``
+  (:mod:`vq2d.evaluation.breakdown`);
 * ``per_query.csv``: one row per scored query;
 * ``problems.txt`` / ``warnings.txt``: every problem and warning, each naming its query.
 """
@@ -33,7 +35,7 @@ from vq2d.evaluation.box_checks import AFTER_QUERY_FRAME, OUTSIDE_FRAME, box_war
 from vq2d.evaluation.breakdown import LENGTH_RANGES, SIZE_RANGES, grouped_metrics, length_group, size_group
 from vq2d.evaluation.ground_truth import GroundTruth, official_ground_truth, query_name
 from vq2d.evaluation.metrics import QueryResult, per_query_results, summarize
-from vq2d.evaluation.predictions import read_submission
+from vq2d.evaluation.predictions import SubmissionReader
 from vq2d.evaluation.tracks import track_arrays
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ PROBLEMS_FILE = "problems.txt"
 WARNINGS_FILE = "warnings.txt"
 CONFIG_FILE = "eval_vq2d_config.yaml"  # not config.yaml: output_dir may be a training run's folder
 MAX_LOGGED_PROBLEMS = 20
+MAX_NAMED = 50  # unreadable queries named in metrics.json (all are in problems.txt)
 BOX_WARNING_KINDS = (AFTER_QUERY_FRAME, OUTSIDE_FRAME)
 
 
@@ -81,8 +84,10 @@ def score_submission(sub: Any, annotations: VQAnnotationFile, raw: Mapping) -> S
     """Score a decoded submission against ``annotations`` (``raw``: the same file's
     decoded JSON). Dropped GT queries are left out of every metric and named."""
     gt = official_ground_truth(raw, annotations.path or "<annotations>")
-    tracks, problems, warnings = read_submission(sub, annotations, gt.valid)
-    preds = {k: tracks[k] for k in gt.tracks}
+    reader = SubmissionReader(annotations, gt.valid)
+    reader.read(sub)
+    problems, warnings = reader.problems, reader.warnings
+    preds = {k: reader.tracks[k] for k in gt.tracks}
     results = per_query_results(preds, gt.tracks)
     box_warn = {}
     for key, track in preds.items():
@@ -95,6 +100,10 @@ def score_submission(sub: Any, annotations: VQAnnotationFile, raw: Mapping) -> S
     metrics["num_dropped"] = len(gt.dropped)
     metrics["dropped_queries"] = dict(gt.dropped)
     metrics["num_problems"] = len(problems)
+    unreadable = list(dict.fromkeys(k for k in reader.unreadable if k in gt.tracks))
+    metrics["num_unreadable"] = len(unreadable)
+    metrics["unreadable_queries"] = [query_name(k) for k in unreadable[:MAX_NAMED]] + (
+        [f"... and {len(unreadable) - MAX_NAMED} more (see {PROBLEMS_FILE})"] if len(unreadable) > MAX_NAMED else [])
     metrics["warnings"] = _warning_summary(box_warn, len(warnings) - len(box_warn))
     metrics["by_size"] = grouped_metrics(results, {k: size_group(gt.areas[k]) for k in results},
                                          tuple(SIZE_RANGES))
