@@ -67,6 +67,10 @@ def test_breakdowns_score_each_group_on_its_own(tmp_path):
     assert sum(m["num_queries"] for m in by_size.values()) == metrics["num_queries"] == 60
     assert sum(m["num_queries"] for m in by_length.values()) == 60
     assert set(by_size) <= {"small", "medium", "large"} and set(by_length) <= {"1-8", "9-24", "25+"}
+    # medium and large are the official area pairings ("all", "medium") / ("all", "large")
+    for group, expected in OFFICIAL["random"]["area_pairings"].items():
+        for key, value in expected.items():
+            assert by_size[group][key] == pytest.approx(value, abs=1e-9, rel=0), (group, key)
     # success is a plain mean: the groups' successes, weighted by size, give the total
     total = sum(m["success"] * m["num_queries"] for m in by_size.values()) / 60
     assert total == pytest.approx(metrics["success"])
