@@ -217,8 +217,6 @@ def score_from_config(cfg: Any) -> dict:
     ``annotations`` (default: :func:`default_annotations_path` of ``data.root`` and
     ``split``), ``output_dir`` (default: the predictions file's folder). The config is
     saved beside the metrics as ``eval_vq2d_config.yaml``."""
-    from omegaconf import OmegaConf
-
     if cfg.predictions is None:
         raise DataError("scoring needs predictions=<challenge-format predictions file>")
     annotations = cfg.annotations or default_annotations_path(cfg.data.root, cfg.split)
