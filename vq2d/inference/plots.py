@@ -140,8 +140,8 @@ def _panel(image: np.ndarray, box, color, label: str, height: int):
     if box is not None:
         x1, y1, x2, y2 = (float(v) * scale for v in box)
         draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=2)
-    draw.rectangle([0, 0, 7 * len(label) + 8, 16], fill=(0, 0, 0))
-    draw.text((4, 3), label, fill=color)
+    draw.rectangle(draw.textbbox((2, 2), label), fill=(0, 0, 0))
+    draw.text((2, 2), label, fill=color)
     return panel
 
 
