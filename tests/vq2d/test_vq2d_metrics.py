@@ -80,9 +80,31 @@ def test_track_spellings_agree():
     assert frames.tolist() == [3, 4] and boxes.shape == (2, 4)
 
 
-def test_track_with_a_frame_twice_is_rejected():
+def test_track_with_a_frame_twice_is_rejected_unless_allowed():
+    rows = np.array([[1, 0, 0, 1, 1], [1, 0, 0, 2, 2]])
     with pytest.raises(ValueError, match="same frame"):
-        track_arrays(np.array([[1, 0, 0, 1, 1], [1, 0, 0, 2, 2]]))
+        track_arrays(rows)
+    assert track_arrays(rows, allow_repeats=True)[1][:, 2].tolist() == [1.0, 2.0]  # stable order
+
+
+def test_a_frame_twice_reads_as_the_official_dict_and_volume():
+    # pred frame 0 twice: (0,0,10,10) then (0,0,5,10). The official volume sums both (150);
+    # the matched box is the last one (intersection 50 with the GT (0,0,10,10)).
+    pred = np.array([[0, 0, 0, 10, 10], [0, 0, 0, 5, 10]], dtype=float)
+    gt = {0: (0, 0, 10, 10)}
+    assert spatiotemporal_iou(pred, gt) == pytest.approx(50 / (150 + 100 - 50))
+    assert frame_ious(pred, gt) == pytest.approx([0.5])
+
+
+def test_flipped_and_out_of_frame_boxes_are_taken_as_they_are():
+    # a flipped box has a negative area that the volume sums: GT frames 0,1 of area 100;
+    # prediction: an exact box on frame 0 and a flipped (10,10,0,0) box (area +100, inter 0)
+    gt = run([0, 1])
+    assert spatiotemporal_iou({0: BOX, 1: (10, 10, 0, 0)}, gt) == pytest.approx(100 / 300)
+    # x flipped only: area -100 -> union 100 + 200 - 100... = 200 - 100 + 100 - 100
+    assert spatiotemporal_iou({0: BOX, 1: (10, 0, 0, 10)}, gt) == pytest.approx(100 / (0 + 200 - 100))
+    # negative, float and beyond-the-frame corners are not clipped
+    assert spatiotemporal_iou({0: (-5.5, -5.5, 4.5, 4.5)}, {0: (-5.5, -5.5, 4.5, 4.5)}) == 1.0
 
 
 def test_empty_track_scores_zero():
@@ -228,8 +250,14 @@ def test_bad_inputs_are_errors():
         evaluate_tracks({**preds, "other": PredictedTrack.empty()}, gts)
     with pytest.raises(ValueError, match="no ground-truth"):
         evaluate_tracks(preds, {**gts, "q4": None})
-    with pytest.raises(ValueError, match="finite"):
-        evaluate_tracks({"q1": PredictedTrack(run([0]), math.nan)}, gts)
+    with pytest.raises(ValueError, match="number"):
+        evaluate_tracks({"q1": PredictedTrack(run([0]), None)}, gts)
+
+
+def test_nan_score_ranks_first_as_in_the_official_argsort():
+    # ascending argsort puts NaN last; reversed, the NaN-scored prediction is ranked first
+    assert average_precision([0.9, math.nan], [0.0, 1.0], 0.5, 2) == pytest.approx(0.5)
+    assert average_precision([0.9, 0.1], [0.0, 1.0], 0.5, 2) == pytest.approx(0.25)
 
 
 def test_no_queries():

@@ -16,6 +16,7 @@ from vq2d.data.annotations import load_vq_annotations
 from episodic.errors import DataError
 from vq2d.data.synthetic import generate_vq2d
 from vq2d.engine.build import final_state
+from vq2d.evaluation.scoring import score_predictions_file
 from vq2d.evaluation.validate import validate_submission_file
 from vq2d.inference.checkpoint_io import load_detector
 from vq2d.inference.detection_pass import DetectionPass
@@ -129,7 +130,12 @@ def test_shard_merge_equals_single_run_and_resume_recomputes_nothing(data, tmp_p
     for i, clips in enumerate(shards):
         run_shard({"shard": i, "clip_uids": clips, "settings": sharded, "in_process": True})
     two = collect_outcomes(sharded["output_dir"], queries, result_fingerprint(sharded))
-    assert {k: v.to_dict() for k, v in one.items()} == {k: v.to_dict() for k, v in two.items()}
+
+    def answers(outcomes):  # everything but the timings
+        return {k: {f: x for f, x in v.to_dict().items() if f != "timings"} for k, v in outcomes.items()}
+    assert answers(one) == answers(two)
+    assert all(set(o.timings) == {"read", "detection", "peaks", "tracking"} for o in one.values())
+    assert sum(o.timings["detection"] for o in one.values()) > 0
     assert all(o.error is None and o.track for o in one.values())
     # resume: nothing is recomputed or rewritten
     out = Path(single["output_dir"])
@@ -160,9 +166,13 @@ def test_broken_clip_and_bad_query_are_scored_empty_while_others_succeed(data, t
     (root / f"v2/clips/{clips[0]['clip_uid']}.mp4").write_bytes(b"not an mp4 at all")
     bad_qs = clips[1]["annotations"][0]["query_sets"]["1"]
     bad_qs["query_frame"] = 999  # past the end of the clip
+    gap_qs = clips[2]["annotations"][0]["query_sets"]["1"]  # a GT track with a gap: the official code raises
+    gap_qs["response_track"] = gap_qs["response_track"][:1] + gap_qs["response_track"][2:]
+    gap_name = f"{clips[2]['clip_uid']}_0_1"
     (root / "v2/annotations/vq_val.json").write_text(json.dumps(ann))
     settings = _settings(data, tmp_path / "out", data={"root": str(root)})
-    annotations = load_vq_annotations(settings["annotations"])
+    annotations = load_vq_annotations(settings["annotations"], strict=False)
+    assert len(annotations.problems) == 1  # the loader skips the gap query: never answered
     run_pool(settings, annotations)
     outcomes = collect_outcomes(settings["output_dir"], annotations.queries(), result_fingerprint(settings))
     metrics = write_reports(settings, annotations, outcomes)
@@ -172,7 +182,13 @@ def test_broken_clip_and_bad_query_are_scored_empty_while_others_succeed(data, t
     assert "past the end" in rows[f"{clips[1]['clip_uid']}_0_1"]["error"]
     ok = [r for r in rows.values() if r["error"] is None]
     assert len(ok) == len(rows) - len(broken) - 1 and ok and all(r["track_length"] >= 1 for r in ok)
-    assert metrics["num_queries"] == len(rows)
+    # the same GT rules as scoring mode: the gap query is dropped from the count, by name
+    assert gap_name not in rows and metrics["num_queries"] == len(rows)
+    assert metrics["num_dropped"] == 1 and "not contiguous" in metrics["dropped_queries"][gap_name]
+    assert metrics["num_skipped"] == 1 and "non-contiguous" in metrics["skipped_queries"][gap_name]
+    rescored = score_predictions_file(settings["annotations"], tmp_path / "out/predictions.json", tmp_path)
+    assert {k: rescored[k] for k in ("stAP", "tAP", "success", "recovery", "num_queries", "dropped_queries")} == \
+        {k: metrics[k] for k in ("stAP", "tAP", "success", "recovery", "num_queries", "dropped_queries")}
     preds = json.loads((tmp_path / "out/predictions.json").read_text())
     empty = [qs for v in preds["results"]["videos"] for c in v["clips"] if c["clip_uid"] == clips[0]["clip_uid"]
              for a in c["predictions"] for qs in a["query_sets"].values()]
@@ -201,6 +217,11 @@ def test_eval_tool_checkpoint_mode_end_to_end(data, tmp_path):
     assert metrics["search_efficiency"] == 0.0  # every frame before the query frame was searched
     assert (out / "predictions.json").is_file() and (out / "per_query.csv").is_file()
     assert len(list((out / "plots/curves").glob("*.png"))) == 2 and (out / "plots/false_positives.png").is_file()
+    gifs = sorted(p.name for p in (out / "plots/tracks").glob("*.gif"))
+    assert [g.split("_")[0] for g in gifs] == ["best"] * 3 + ["worst"] * 3, gifs
+    assert set(metrics["timings_s"]) == {"read", "detection", "peaks", "tracking"} and metrics["timings_s"]["detection"] > 0
+    header = (out / "per_query.csv").read_text().splitlines()[0].split(",")
+    assert header[-4:] == ["read_s", "detection_s", "peaks_s", "tracking_s"]
     rows = json.loads((out / "per_query.json").read_text())
     assert len(rows) == metrics["num_queries"] and all(r["error"] is None and "stiou" in r for r in rows)
     assert len(list((out / "submitit").rglob("*_result.pkl"))) == 2  # two shards ran

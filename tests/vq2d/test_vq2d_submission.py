@@ -12,11 +12,13 @@ from vq2d.evaluation.predictions import CHALLENGE, read_submission
 from vq2d.evaluation.scoring import score_predictions_file, score_submission
 from vq2d.evaluation.submission import build_submission, write_submission
 from vq2d.evaluation.tracks import PredictedTrack
-from vq2d.evaluation.validate import validate_submission
+from vq2d.evaluation.validate import check_submission, validate_submission
 from episodic.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
-METRIC_KEYS = ["stAP@0.25", "stAP", "tAP@0.25", "tAP", "success", "recovery", "num_queries"]
+METRIC_KEYS = ["stAP@0.25", "stAP", "tAP@0.25", "tAP", "success", "recovery", "num_queries", "num_dropped",
+               "dropped_queries", "num_problems", "num_unreadable", "unreadable_queries", "warnings", "by_size",
+               "by_length"]
 
 
 # Tiny annotation file: 2 videos, 3 clips; query set "3" of each annotation is invalid ----------
@@ -46,6 +48,10 @@ def tiny_annotations():
         {"video_uid": "v0", "clips": [_clip("c0", 2), _clip("c1", 1)]},
         {"video_uid": "v1", "clips": [_clip("c2", 1)]}]}
     return parse_vq_annotations(data, "tiny_vq.json")
+
+
+def tiny_raw():
+    return tiny_annotations().to_dict()
 
 
 def gt_results(annotations, score=1.0):
@@ -111,12 +117,13 @@ def test_write_then_read_round_trip(tiny, tmp_path):
                QueryKey("c2", 0, "2"): PredictedTrack({}, 0.25)}
     path = tmp_path / "sub.json"
     write_submission(path, build_submission(tiny, results))
-    tracks, problems = read_submission(json.loads(path.read_text()), tiny)
-    assert problems == []
+    tracks, problems, warnings = read_submission(json.loads(path.read_text()), tiny)
+    assert problems == [] and warnings == []
     assert list(tracks) == [q.key for q in tiny.queries()]
     for key, track in tracks.items():
         expected = results.get(key, PredictedTrack.empty())
-        assert dict(track.boxes) == dict(expected.boxes) and track.score == expected.score
+        assert track.boxes.tolist() == [[f, *b] for f, b in dict(expected.boxes).items()]
+        assert track.score == expected.score
 
 
 # Validator: one test per rule -----------------------------------------------------------------------
@@ -158,7 +165,7 @@ RULES = {
         query_sets=[]), "query_sets: expected an object"),
     "valid query set present": (
         _pop(lambda s: s["results"]["videos"][0]["clips"][0]["predictions"][0]["query_sets"], "2"),
-        'query_sets["2"] (clip c0, annotation 0, query set "2"): missing'),
+        'query_sets["2"] (query c0_0_2: clip c0, annotation 0, query set "2"): missing'),
     "no unknown query set": (
         lambda s: s["results"]["videos"][0]["clips"][0]["predictions"][0]["query_sets"].update(
             {"7": {"bboxes": [], "score": 0.0}}), 'query set "7" is not in annotation 0'),
@@ -166,16 +173,15 @@ RULES = {
         {"1": [1, 2]}), "expected an object with 'bboxes' and 'score'"),
     "bboxes list": (lambda s: _qs(s).update(bboxes=None), ".bboxes: expected a list"),
     "box fields present": (_pop(lambda s: _qs(s)["bboxes"][0], "y2"), "missing field 'y2'"),
-    "integer coordinates": (_set_box("x1", 10.5), ".x1: must be an integer, got float 10.5"),
-    "integer frame number": (_set_box("fno", "0"), ".fno: must be an integer, got str"),
-    "non-negative coordinates": (_set_box("y1", -2), ".y1: must be >= 0, got -2"),
-    "x2 > x1": (_set_box("x2", 10), "x2 (10) must be > x1 (10)"),
-    "y2 > y1": (_set_box("y2", 5), "y2 (5) must be > y1 (20)"),
-    "contiguous frames": (_set_box("fno", 9), "not contiguous, frame 9 follows frame 2"),
-    "one box per frame": (_set_box("fno", 1), "frame 1 has more than one box"),
+    "numeric coordinates": (_set_box("x1", "10"), ".x1: must be a finite number, got '10'"),
+    "finite coordinates": (_set_box("y1", float("nan")), ".y1: must be a finite number, got nan"),
+    "numeric frame number": (_set_box("fno", "0"), ".fno: must be a finite number, got '0'"),
+    "whole frame number": (_set_box("fno", 0.5), ".fno: must be a whole frame number, got 0.5"),
+    "contiguous frames": (_set_box("fno", 9), "frames not contiguous: 3 boxes on frames 1..9"),
+    "one box per frame (when it breaks contiguity)": (_set_box("fno", 1), "3 boxes on frames 1..2"),
     "score present": (_pop(_qs, "score"), "missing field 'score'"),
-    "score finite": (lambda s: _qs(s).update(score=float("inf")), "score: must be a finite number, got inf"),
-    "score a number": (lambda s: _qs(s).update(score="high"), "score: must be a finite number, got 'high'"),
+    "score a number": (lambda s: _qs(s).update(score="high"), "score: must be a number, got 'high'"),
+    "score not null": (lambda s: _qs(s).update(score=None), "score: must be a number, got None"),
 }
 
 
@@ -197,35 +203,57 @@ def test_validator_accepts_unsorted_contiguous_boxes(tiny, tiny_sub):
     assert validate_submission(tiny_sub, tiny) == []
 
 
+def test_validator_accepts_what_the_official_scorer_accepts(tiny, tiny_sub):
+    boxes = _qs(tiny_sub)["bboxes"]
+    boxes[0].update(x1=-12.5, y1=-3, x2=1e4, y2=20.25)  # float, negative, beyond the frame
+    boxes[1].update(x1=30, x2=10)  # flipped: a warning, scored as it is
+    _qs(tiny_sub, ci=1)["score"] = float("nan")  # ranked first, as numpy sorts NaN
+    _qs(tiny_sub, ci=1)["bboxes"][0]["fno"] = float(_qs(tiny_sub, ci=1)["bboxes"][0]["fno"])  # 5.0 is frame 5
+    problems, warnings = check_submission(tiny_sub, tiny)
+    assert problems == []
+    assert any("x2 <= x1" in w and "query c0_0_1" in w for w in warnings)
+    assert any(".score: nan" in w and "query c1_0_1" in w for w in warnings)
+
+
 def test_problem_lists_stay_short_for_a_bad_track(tiny, tiny_sub):
     for box in _qs(tiny_sub)["bboxes"]:
-        box.update(x1=1.5, y1=2.5)
+        box.update(x1="1.5", y1="2.5")
     problems = validate_submission(tiny_sub, tiny)
     assert len(problems) == 4 and "and 3 more problems" in problems[-1]
 
 
+def test_a_non_contiguous_track_is_named_and_scored_empty(tiny, tiny_sub):
+    _qs(tiny_sub, ci=1)["bboxes"][0]["fno"] = 40  # c1, annotation 0, set "1"
+    scores = score_submission(tiny_sub, tiny, tiny_raw())
+    assert [p for p in scores.problems if "not contiguous" in p and "query c1_0_1" in p]
+    assert scores.results[QueryKey("c1", 0, "1")].empty and scores.metrics["num_problems"] == 1
+    assert scores.metrics["num_unreadable"] == 1 and scores.metrics["unreadable_queries"] == ["c1_0_1"]
+
+
 # Reader: bad predictions are reported and scored empty ----------------------------------------------
 def test_bad_predictions_are_reported_and_scored_empty(tiny, tiny_sub):
-    _qs(tiny_sub, ci=1)["bboxes"][0]["x1"] = -1.0           # c1, annotation 0, set "1"
+    _qs(tiny_sub, ci=1)["bboxes"][0]["x1"] = "-1.0"           # c1, annotation 0, set "1"
     tiny_sub["results"]["videos"][1]["clips"][0]["clip_uid"] = "zz"  # all of c2 unmatched
-    metrics, results, problems = score_submission(tiny_sub, tiny)
+    scores = score_submission(tiny_sub, tiny, tiny_raw())
+    metrics, results, problems = scores.metrics, scores.results, scores.problems
     assert any('clip c1, annotation 0, query set "1"' in p and "scored empty" in p for p in problems)
     assert any("clip c2" in p and "scored empty" in p for p in problems)
     empty = {k for k, r in results.items() if r.empty}
     assert empty == {QueryKey("c1", 0, "1"), QueryKey("c2", 0, "1"), QueryKey("c2", 0, "2")}
     assert metrics["num_queries"] == 8 and metrics["success"] == pytest.approx(100 * 5 / 8)
+    assert sorted(metrics["unreadable_queries"]) == ["c1_0_1", "c2_0_1", "c2_0_2"]
 
 
 def test_out_of_order_entries_are_still_matched_by_uid(tiny, tiny_sub):
     preds = tiny_sub["results"]["videos"][0]["clips"][0]["predictions"]
     preds.reverse()
-    tracks, problems = read_submission(tiny_sub, tiny)
+    tracks, problems, _ = read_submission(tiny_sub, tiny)
     assert problems and all(not t.is_empty for t in tracks.values())
 
 
 def test_reader_survives_garbage(tiny):
     for garbage in (None, [], {"results": {"videos": [None, 3]}}):
-        tracks, problems = read_submission(garbage, tiny)
+        tracks, problems, _ = read_submission(garbage, tiny)
         assert problems and all(t.is_empty for t in tracks.values())
 
 
@@ -268,7 +296,7 @@ def test_scoring_a_test_split_is_an_error(ego4d_samples, tmp_path):
     annotations = ego4d_samples / "vq_test_unannotated_sample_v1.json"
     path = tmp_path / "p.json"
     path.write_text("{}")
-    with pytest.raises(DataError, match="no response_track"):
+    with pytest.raises(DataError, match="no query set has a response_track"):
         score_predictions_file(annotations, path)
 
 
@@ -289,7 +317,7 @@ def test_eval_tool_prints_metrics_json_last(val_sample_submission, tmp_path):
     metrics = json.loads(lines[-1])
     assert list(metrics) == METRIC_KEYS
     assert metrics["success"] == pytest.approx(100 * 227 / 228)
-    assert any("score: must be a finite number" in line for line in lines[:-1])
+    assert any("score: must be a number" in line for line in lines[:-1])
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # default: beside predictions
     assert (tmp_path / "problems.txt").exists() and (tmp_path / "eval_vq2d_config.yaml").exists()
     # hydra runs in place and leaves no .hydra/ folder or log file behind

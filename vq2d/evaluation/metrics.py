@@ -1,27 +1,33 @@
-"""VQ2D metrics: tAP, stAP, success, recovery, search efficiency (DESIGN 5.8).
+"""VQ2D metrics: tAP, stAP, success, recovery, search efficiency (docs/vq2d.md#metrics).
 
-Pure numpy over plain data, equal to the official Ego4D VQ2D evaluation:
+Pure numpy over plain data, equal to the official Ego4D VQ2D evaluation
+(EGO4D/episodic-memory ``VQ2D/vq2d/metrics``) on every track it accepts:
 
-* tIoU on inclusive frame intervals ``[first, last]`` of the two tracks.
-* stIoU: summed per-frame box intersections over (predicted volume + GT volume -
-  intersection); a box's area is ``(x2 - x1) * (y2 - y1)`` (no +1), a volume the sum of
-  the areas of all of a track's boxes.
+* Boxes are taken as they are: floats, negative, beyond the frame, even flipped
+  (x2 < x1: a negative area, which the official volume sums as it is).
+* Tracks are sorted by frame (stable). A frame given twice keeps the official reading: the
+  volume sums every box, the last box of a frame is the one matched on that frame.
+* tIoU on inclusive frame intervals ``[first, last]`` of the two tracks (an empty track is
+  the interval ``[0, -1]``).
+* stIoU: summed per-frame box intersections (summed one GT box after the other, as the
+  official loop does) over (predicted volume + GT volume - intersection); a box's area is
+  ``(x2 - x1) * (y2 - y1)`` (no +1).
 * tAP / stAP: predictions ranked by score the way the official code ranks them
   (``np.argsort(scores)[::-1]``: ascending sort, then reversed, so among equal scores the
-  later query comes first wherever numpy's sort keeps equal items in order); TP when
-  IoU >= threshold; npos = number of queries; VOC-2011 all-point interpolated AP. Reported
-  at 0.25 and as the mean over 0.25, 0.5, 0.75, 0.95.
+  later query comes first wherever numpy's sort keeps equal items in order; the scores
+  keep their number type); TP unless IoU < threshold; npos = number of queries; VOC-2011
+  all-point interpolated AP. Reported at 0.25 and as the mean over 0.25, 0.5, 0.75, 0.95.
 * success: % of queries with stIoU >= 0.05.
-* recovery: % of all GT frames (pooled over queries) whose predicted box on that frame
-  has IoU >= 0.5 with the GT box.
+* recovery: % of all GT boxes (pooled over queries) whose frame's predicted box has IoU
+  >= 0.5 with the GT box.
 * search efficiency: mean over queries of 100 * (1 - frames accessed / query frame).
 
-An empty predicted track is allowed (IoU 0, a false positive at its score); a missing
-prediction counts as an empty track with score 0.0.
+Where the official code divides by zero (an stIoU or box IoU whose union is 0) it raises;
+here that overlap is 0.0. An empty predicted track is allowed (IoU 0, a false positive at
+its score); a missing prediction counts as an empty track with score 0.0.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -36,16 +42,20 @@ METRIC_KEYS = ("stAP@0.25", "stAP", "tAP@0.25", "tAP", "success", "recovery")
 
 
 # Per-query overlaps -------------------------------------------------------------------------
+def _arrays(track: Any) -> tuple[np.ndarray, np.ndarray]:
+    return track_arrays(track, allow_repeats=True)
+
+
 def _frame_numbers(frames: Any) -> np.ndarray:
     """Frame numbers ``[N]`` of a track (any spelling) or of a plain sequence of ints."""
     if frames is None:
         return np.zeros(0, dtype=np.int64)
     if isinstance(frames, (PredictedTrack, Mapping)) or (
             len(frames) > 0 and hasattr(frames[0], "frame_number")):
-        return track_arrays(frames)[0]
+        return _arrays(frames)[0]
     arr = np.asarray(frames)
     if arr.ndim == 2:
-        return track_arrays(arr)[0]
+        return _arrays(arr)[0]
     return arr.astype(np.int64).reshape(-1)
 
 
@@ -64,7 +74,8 @@ def temporal_iou(pred_frames: Any, gt_frames: Any) -> float:
 
 
 def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """``boxes: [N, 4]`` (x1, y1, x2, y2) -> areas ``[N]``, ``(x2 - x1) * (y2 - y1)``."""
+    """``boxes: [N, 4]`` (x1, y1, x2, y2) -> areas ``[N]``, ``(x2 - x1) * (y2 - y1)``
+    (negative for a flipped box, as the official area)."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
@@ -75,32 +86,58 @@ def box_intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h
 
 
-def _shared_frames(pred_track: Any, gt_track: Any):
-    """Both tracks as arrays plus the GT rows ``[M]`` and predicted rows ``[M]`` of the
-    frames they share."""
-    pf, pb = track_arrays(pred_track)
-    gf, gb = track_arrays(gt_track)
-    _, gi, pi = np.intersect1d(gf, pf, assume_unique=True, return_indices=True)
-    return (pf, pb, gf, gb), gi, pi
+def sequential_sum(values: np.ndarray) -> float:
+    """Left-to-right sum of ``values: [N]`` (the official Python loop's rounding; numpy's
+    ``sum`` adds pairwise)."""
+    return float(np.cumsum(values)[-1]) if len(values) else 0.0
+
+
+def _last_box_per_frame(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For frames ``[N]`` sorted ascending: (distinct frames ``[U]``, index ``[U]`` of the
+    last row of each) -- the box a ``{fno: box}`` dict keeps."""
+    distinct, first_from_end = np.unique(frames[::-1], return_index=True)
+    return distinct, len(frames) - 1 - first_from_end
+
+
+def _matched_rows(pred_frames: np.ndarray, gt_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each GT row: whether the prediction has a box on its frame ``[N_gt]`` bool and
+    the index of the prediction's (last) box there ``[N_gt]`` (valid where matched)."""
+    distinct, last = _last_box_per_frame(pred_frames)
+    if distinct.size == 0:
+        return np.zeros(len(gt_frames), dtype=bool), np.zeros(len(gt_frames), dtype=np.int64)
+    pos = np.clip(np.searchsorted(distinct, gt_frames), 0, distinct.size - 1)
+    return distinct[pos] == gt_frames, last[pos]
 
 
 def spatiotemporal_iou(pred_track: Any, gt_track: Any) -> float:
     """Spatio-temporal IoU of two tracks (dict frame -> (x1, y1, x2, y2), ``[N, 5]``
-    arrays, annotation boxes or :class:`PredictedTrack`). Empty -> 0.0."""
-    (_, pb, _, gb), gi, pi = _shared_frames(pred_track, gt_track)
-    inter = float(box_intersections(gb[gi], pb[pi]).sum())
-    union = float(box_areas(pb).sum()) + float(box_areas(gb).sum()) - inter
-    return inter / union if union > 0 else 0.0
+    arrays, annotation boxes or :class:`PredictedTrack`). Empty -> 0.0; a zero union
+    (the official code raises) -> 0.0."""
+    pf, pb = _arrays(pred_track)
+    gf, gb = _arrays(gt_track)
+    matched, pi = _matched_rows(pf, gf)
+    per_gt_box = np.zeros(len(gf), dtype=np.float64)
+    per_gt_box[matched] = box_intersections(pb[pi[matched]], gb[matched])
+    inter = sequential_sum(per_gt_box)
+    union = sequential_sum(box_areas(pb)) + sequential_sum(box_areas(gb)) - inter
+    return inter / union if union != 0 else 0.0
 
 
 def frame_ious(pred_track: Any, gt_track: Any) -> np.ndarray:
-    """Per-GT-frame box IoU ``[N_gt]`` (GT frames ascending); 0 where the prediction has
-    no box on that frame."""
-    (_, pb, gf, gb), gi, pi = _shared_frames(pred_track, gt_track)
-    out = np.zeros(len(gf), dtype=np.float64)
-    inter = box_intersections(gb[gi], pb[pi])
-    union = box_areas(gb[gi]) + box_areas(pb[pi]) - inter
-    out[gi] = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    """Per-GT-frame box IoU ``[U]`` over the GT's distinct frames (ascending; the last
+    GT box of a frame given twice); 0 where the prediction has no box on that frame or
+    the union is 0."""
+    pf, pb = _arrays(pred_track)
+    gf, gb = _arrays(gt_track)
+    frames, last = _last_box_per_frame(gf)
+    gb = gb[last]
+    matched, pi = _matched_rows(pf, frames)
+    out = np.zeros(len(frames), dtype=np.float64)
+    if matched.any():
+        g, p = gb[matched], pb[pi[matched]]
+        inter = box_intersections(g, p)
+        union = box_areas(g) + box_areas(p) - inter
+        out[matched] = np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)
     return out
 
 
@@ -117,18 +154,28 @@ def interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((rec[changes] - rec[changes - 1]) * prec[changes]))
 
 
+def _score_array(scores: Sequence[float]) -> np.ndarray:
+    """Scores ``[N]`` with the number type a pandas column of them gets (int64 when all are
+    ints, else float64): the official ranking sorts that column, and numpy's sort may order
+    equal scores differently for the two types."""
+    arr = np.asarray(list(scores)).reshape(-1)
+    if arr.dtype.kind not in "if":
+        arr = arr.astype(np.float64)
+    return arr
+
+
 def average_precision(scores: Sequence[float], ious: Sequence[float], threshold: float,
                       npos: int) -> float:
     """AP of one prediction per query (``scores, ious: [N]``, in query order) at one IoU
     threshold, with ``npos`` ground-truth instances. No predictions or npos 0 -> 0.0."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    scores = _score_array(scores)
     ious = np.asarray(ious, dtype=np.float64).reshape(-1)
     if scores.shape != ious.shape:
         raise ValueError(f"scores {scores.shape} and ious {ious.shape} differ in length")
     if scores.size == 0 or npos <= 0:
         return 0.0
     order = np.argsort(scores)[::-1]  # the official ranking, ties included
-    tp = (ious[order] >= threshold).astype(np.float64)
+    tp = (~(ious[order] < threshold)).astype(np.float64)  # the official test: not below
     tp_cum = np.cumsum(tp)
     fp_cum = np.cumsum(1.0 - tp)
     return interpolated_ap(tp_cum / (tp_cum + fp_cum), tp_cum / float(npos))
@@ -142,8 +189,8 @@ class QueryResult:
     tiou: float
     stiou: float
     recovered_frames: int  # GT frames whose predicted box has IoU >= RECOVERY_IOU
-    gt_frames: int
-    score: float
+    gt_frames: int  # GT boxes (the official track length)
+    score: float  # as given (int or float; NaN ranks first, as in the official ranking)
     empty: bool  # the prediction had no boxes (or was missing)
 
 
@@ -155,20 +202,20 @@ def as_prediction(pred: Any) -> PredictedTrack:
     if isinstance(pred, PredictedTrack):
         return pred
     track, score = pred
-    return PredictedTrack(track, float(score))
+    return PredictedTrack(track, score)
 
 
 def query_result(pred: Any, gt_track: Any) -> QueryResult:
     """Overlaps of one prediction (see :func:`as_prediction`) with one GT track."""
     pred = as_prediction(pred)
-    if not math.isfinite(pred.score):
-        raise ValueError(f"prediction score must be finite, got {pred.score}")
+    if isinstance(pred.score, bool) or not isinstance(pred.score, (int, float, np.number)):
+        raise ValueError(f"prediction score must be a number, got {pred.score!r}")
     ious = frame_ious(pred.boxes, gt_track)
     return QueryResult(tiou=temporal_iou(pred.boxes, gt_track),
                        stiou=spatiotemporal_iou(pred.boxes, gt_track),
                        recovered_frames=int(np.count_nonzero(ious >= RECOVERY_IOU)),
-                       gt_frames=int(ious.size), score=float(pred.score),
-                       empty=len(track_arrays(pred.boxes)[0]) == 0)
+                       gt_frames=len(_arrays(gt_track)[0]), score=pred.score,
+                       empty=len(_arrays(pred.boxes)[0]) == 0)
 
 
 def per_query_results(preds: Mapping[Hashable, Any],
@@ -180,7 +227,7 @@ def per_query_results(preds: Mapping[Hashable, Any],
         raise ValueError(f"{len(unknown)} predictions have no ground truth, e.g. {unknown[0]!r}")
     out = {}
     for key, gt in gts.items():
-        if gt is None or len(track_arrays(gt)[0]) == 0:
+        if gt is None or len(_arrays(gt)[0]) == 0:
             raise ValueError(f"query {key!r} has no ground-truth response track")
         out[key] = query_result(preds.get(key), gt)
     return out
@@ -211,7 +258,8 @@ def summarize(results: Mapping[Hashable, QueryResult]) -> dict[str, float]:
     t_aps = [average_precision(scores, [r.tiou for r in rs], t, n) for t in AP_THRESHOLDS]
     out: dict[str, float] = {"stAP@0.25": st_aps[0], "stAP": float(np.mean(st_aps)),
                              "tAP@0.25": t_aps[0], "tAP": float(np.mean(t_aps))}
-    out["success"] = 100.0 * sum(r.stiou >= SUCCESS_STIOU for r in rs) / n if n else 0.0
+    # the official order of operations: mean, then * 100
+    out["success"] = float(np.mean([r.stiou >= SUCCESS_STIOU for r in rs])) * 100.0 if n else 0.0
     gt_frames = sum(r.gt_frames for r in rs)
     out["recovery"] = 100.0 * sum(r.recovered_frames for r in rs) / gt_frames if gt_frames else 0.0
     out["num_queries"] = n

@@ -1,27 +1,38 @@
 """Read a VQ2D challenge predictions (submission) file against its annotation file.
 
-The format (DESIGN 5.9)::
+The format (docs/vq2d.md#submission)::
 
     {"version", "challenge": "ego4d_vq2d_challenge", "results": {"videos": [{"video_uid",
       "clips": [{"clip_uid", "predictions": [{"annotation_uid"?, "query_sets": {"1":
         {"bboxes": [{"fno", "x1", "y1", "x2", "y2"}, ...], "score": float}}}]}]}]}}
 
 Videos, clips and annotations are matched by ORDER, as the challenge server does; an
-``annotation_uid`` present on both sides must agree. Bad input never stops the reading:
-every problem becomes one message naming the place in the file and the query (clip_uid,
-annotation index, query set), the query concerned is scored as an empty track, and the
-rest continue. A video, clip or annotation found out of place is still matched by its uid
-(and reported). The same messages are the validator's verdict
-(:func:`vq2d.evaluation.validate.validate_submission`).
+``annotation_uid`` present on both sides must agree. Boxes are read as the official
+``BBox.from_json`` reads them: any numbers (float, negative, beyond the frame) taken as
+they are, sorted by frame. Bad input never stops the reading: every problem becomes one
+message naming the place in the file and the query (its name, clip_uid, annotation index,
+query set), the query concerned is scored as an empty track, and the rest continue. A
+video, clip or annotation found out of place is still matched by its uid (and reported).
+Things the official scorer accepts but that are likely mistakes (a flipped box, a frame
+given twice, a NaN score) are warnings, and scored as the official code scores them. The
+same messages are the validator's verdict (:func:`vq2d.evaluation.validate.validate_submission`).
+
+Where this reader and the official scorer differ (the official code raises on all of
+these, or cannot read them): a track whose frames are not contiguous, a box with a
+missing field, a coordinate that is not a finite number, a frame number that is not a
+whole number, a missing or non-numeric score, a missing query set are each reported by
+name and that query is scored as an empty track (score 0.0).
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 from episodic.io import read_json
-from vq2d.data.annotations import QueryKey, QuerySet, VQAnnotation, VQAnnotationFile, VQClip
+from vq2d.data.annotations import QueryKey, VQAnnotation, VQAnnotationFile, VQClip
 from vq2d.evaluation.tracks import PredictedTrack
 
 CHALLENGE = "ego4d_vq2d_challenge"
@@ -31,11 +42,12 @@ MAX_PROBLEMS_PER_TRACK = 3
 
 def is_finite_number(value: Any) -> bool:
     """True for an int or float (not a bool) that is neither NaN nor infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_number(value: Any) -> bool:
+    """True for an int or float (not a bool), NaN and infinities included."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _box_problems(box: Any, where: str) -> list[str]:
@@ -45,72 +57,80 @@ def _box_problems(box: Any, where: str) -> list[str]:
     for name in BOX_FIELDS:
         if name not in box:
             out.append(f"{where}: missing field '{name}'")
-        elif not _is_int(box[name]):
-            kind = "float" if isinstance(box[name], float) else type(box[name]).__name__
-            out.append(f"{where}.{name}: must be an integer, got {kind} {box[name]!r}")
-        elif box[name] < 0:
-            out.append(f"{where}.{name}: must be >= 0, got {box[name]}")
-    if out:
-        return out
-    if box["x2"] <= box["x1"]:
-        out.append(f"{where}: x2 ({box['x2']}) must be > x1 ({box['x1']})")
-    if box["y2"] <= box["y1"]:
-        out.append(f"{where}: y2 ({box['y2']}) must be > y1 ({box['y1']})")
+        elif not is_finite_number(box[name]):
+            out.append(f"{where}.{name}: must be a finite number, got {box[name]!r}")
+        elif name == "fno" and box[name] != int(box[name]):
+            out.append(f"{where}.fno: must be a whole frame number, got {box[name]!r}")
     return out
 
 
-def parse_track(entry: Any, where: str) -> tuple[PredictedTrack | None, list[str]]:
-    """One query set's prediction ``{"bboxes": [...], "score": s}`` -> (track, problems).
+def parse_track(entry: Any, where: str) -> tuple[PredictedTrack | None, list[str], list[str]]:
+    """One query set's prediction ``{"bboxes": [...], "score": s}`` -> (track, problems,
+    warnings).
 
-    The track is None when there is any problem: boxes must have integer ``fno >= 0`` and
-    integer non-negative corners with ``x2 > x1`` and ``y2 > y1``, cover contiguous frames
-    (in any order, no frame twice); the score must be a finite number. An empty ``bboxes``
-    list is a valid answer."""
+    The track (rows ``[N, 5]`` float64 sorted by frame, score as given) is None when there
+    is any problem: every box needs ``fno, x1, y1, x2, y2`` as finite numbers (``fno`` a
+    whole number), the frames sorted must be contiguous as the official ``ResponseTrack``
+    checks (``len == last - first + 1``), the score must be a number. An empty ``bboxes``
+    list is a valid answer. Warnings: a flipped or empty box (x2 <= x1 or y2 <= y1), a
+    frame given twice, a NaN or infinite score."""
     if not isinstance(entry, dict):
-        return None, [f"{where}: expected an object with 'bboxes' and 'score', got {type(entry).__name__}"]
-    problems = []
+        return None, [f"{where}: expected an object with 'bboxes' and 'score', got {type(entry).__name__}"], []
+    problems, warnings = [], []
     if "score" not in entry:
         problems.append(f"{where}: missing field 'score'")
-    elif not is_finite_number(entry["score"]):
-        problems.append(f"{where}.score: must be a finite number, got {entry['score']!r}")
+    elif not is_number(entry["score"]):
+        problems.append(f"{where}.score: must be a number, got {entry['score']!r}")
+    elif not math.isfinite(entry["score"]):
+        warnings.append(f"{where}.score: {entry['score']!r} (ranked as numpy sorts it: NaN first)")
     bboxes = entry.get("bboxes")
     if not isinstance(bboxes, list):
         problems.append(f"{where}.bboxes: expected a list, got "
                         f"{'nothing' if bboxes is None else type(bboxes).__name__}")
-        return None, problems
+        return None, problems, warnings
     box_problems = []
     for i, box in enumerate(bboxes):
         box_problems += _box_problems(box, f"{where}.bboxes[{i}]")
-    if not box_problems:
-        frames = sorted(b["fno"] for b in bboxes)
-        for prev, cur in zip(frames, frames[1:]):
-            if cur == prev:
-                box_problems.append(f"{where}.bboxes: frame {cur} has more than one box")
-            elif cur != prev + 1:
-                box_problems.append(f"{where}.bboxes: not contiguous, frame {cur} follows frame {prev}")
+    rows = np.zeros((0, 5), dtype=np.float64)
+    if not box_problems and bboxes:
+        rows = np.array([[b[k] for k in BOX_FIELDS] for b in bboxes], dtype=np.float64)
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        first, last = int(rows[0, 0]), int(rows[-1, 0])
+        if len(rows) != last - first + 1:
+            box_problems.append(f"{where}.bboxes: frames not contiguous: {len(rows)} boxes on frames "
+                                f"{first}..{last} (the official scorer raises on this track)")
+        if len(np.unique(rows[:, 0])) != len(rows):
+            warnings.append(f"{where}.bboxes: a frame has more than one box (the last one is matched)")
+        flipped = int(np.count_nonzero((rows[:, 3] <= rows[:, 1]) | (rows[:, 4] <= rows[:, 2])))
+        if flipped:
+            warnings.append(f"{where}.bboxes: {flipped} boxes with x2 <= x1 or y2 <= y1 (negative or "
+                            f"zero area, summed as they are)")
     if len(box_problems) > MAX_PROBLEMS_PER_TRACK:
         extra = len(box_problems) - MAX_PROBLEMS_PER_TRACK
         box_problems = box_problems[:MAX_PROBLEMS_PER_TRACK] + [
             f"{where}.bboxes: ... and {extra} more problems in this track"]
     problems += box_problems
     if problems:
-        return None, problems
-    boxes = {b["fno"]: (b["x1"], b["y1"], b["x2"], b["y2"]) for b in bboxes}
-    return PredictedTrack(boxes, float(entry["score"])), []
+        return None, problems, warnings
+    return PredictedTrack(rows, entry["score"]), [], warnings
 
 
 def _query_label(clip_uid: str, annotation_index: int, query_set: str) -> str:
-    return f'clip {clip_uid}, annotation {annotation_index}, query set "{query_set}"'
+    return f'query {clip_uid}_{annotation_index}_{query_set}: clip {clip_uid}, annotation ' \
+           f'{annotation_index}, query set "{query_set}"'
 
 
-class _Reader:
-    """Walks a submission alongside the annotation file, collecting tracks and problems."""
+class SubmissionReader:
+    """Walks a submission alongside the annotation file (:meth:`read`), collecting
+    ``tracks``, ``problems``, ``warnings`` and the ``unreadable`` queries."""
 
-    def __init__(self, annotations: VQAnnotationFile):
+    def __init__(self, annotations: VQAnnotationFile, keys: Iterable[QueryKey] | None = None):
         self.annotations = annotations
-        self.tracks: dict[QueryKey, PredictedTrack] = {
-            q.key: PredictedTrack.empty() for q in annotations.queries()}
+        keys = [q.key for q in annotations.queries()] if keys is None else keys
+        self.tracks: dict[QueryKey, PredictedTrack] = {k: PredictedTrack.empty() for k in keys}
         self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.unreadable: list[QueryKey] = []  # queries scored empty because of a problem
 
     def report(self, message: str) -> None:
         self.problems.append(message)
@@ -162,8 +182,10 @@ class _Reader:
                 self.report(f"{where}[{j}]{label}: not in the annotation file; ignored")
 
     def _scored_empty(self, clip: VQClip, annotation_indices: range, where: str, reason: str) -> None:
-        n = sum(isinstance(qs, QuerySet) for ai in annotation_indices
-                for qs in clip.annotations[ai].query_sets.values())
+        keys = [QueryKey(clip.clip_uid, ai, k) for ai in annotation_indices for k in clip.annotations[ai].query_sets]
+        keys = [k for k in keys if k in self.tracks]
+        self.unreadable += keys
+        n = len(keys)
         if n:
             self.report(f"{where}: {reason}; the {n} query sets of clip {clip.clip_uid} "
                         f"there are scored empty")
@@ -172,6 +194,7 @@ class _Reader:
     def read(self, sub: Any) -> None:
         if not isinstance(sub, dict):
             self.report(f"top level: expected an object, got {type(sub).__name__}; every query is scored empty")
+            self.unreadable = list(self.tracks)
             return
         if sub.get("version") != self.annotations.version:
             self.report(f"version: expected {self.annotations.version!r} (the annotation file's), "
@@ -181,9 +204,11 @@ class _Reader:
         results = sub.get("results")
         if not isinstance(results, dict):
             self.report("results: expected an object with 'videos'; every query is scored empty")
+            self.unreadable = list(self.tracks)
             return
         videos = self._list_field(results, "videos", "results")
         if videos is None:
+            self.unreadable = list(self.tracks)
             return
         self._count(videos, len(self.annotations.videos), "results.videos", "videos")
         used: set[int] = set()
@@ -244,10 +269,10 @@ class _Reader:
             if key not in ann.query_sets:
                 self.report(f'{where}.query_sets["{key}"]: query set "{key}" is not in annotation {ai} '
                             f"of clip {clip.clip_uid}; ignored")
-        for key, qs in ann.query_sets.items():
+        for key in ann.query_sets:
             qwhere = f'{where}.query_sets["{key}"]'
             label = _query_label(clip.clip_uid, ai, key)
-            if not isinstance(qs, QuerySet):  # invalid query set: only its shape is checked
+            if QueryKey(clip.clip_uid, ai, key) not in self.tracks:  # invalid: only its shape is checked
                 entry = pqs.get(key)
                 if entry is not None and not (isinstance(entry, dict) and "bboxes" in entry and "score" in entry):
                     self.report(f"{qwhere} ({label}, invalid query set): expected an object with "
@@ -255,26 +280,32 @@ class _Reader:
                 continue
             if key not in pqs:
                 self.report(f"{qwhere} ({label}): missing; scored empty")
+                self.unreadable.append(QueryKey(clip.clip_uid, ai, key))
                 continue
-            track, problems = parse_track(pqs[key], qwhere)
+            track, problems, warnings = parse_track(pqs[key], qwhere)
+            self.warnings += [f"{w} ({label})" for w in warnings]
             if track is None:
                 for p in problems:
                     self.report(f"{p} ({label}; scored empty)")
+                self.unreadable.append(QueryKey(clip.clip_uid, ai, key))
             else:
                 self.tracks[QueryKey(clip.clip_uid, ai, key)] = track
 
 
-def read_submission(sub: Any, annotations: VQAnnotationFile) -> tuple[dict[QueryKey, PredictedTrack], list[str]]:
+def read_submission(sub: Any, annotations: VQAnnotationFile, keys: Iterable[QueryKey] | None = None
+                    ) -> tuple[dict[QueryKey, PredictedTrack], list[str], list[str]]:
     """Match a decoded submission to ``annotations``.
 
-    Returns ({QueryKey: PredictedTrack} for every valid query set of the annotation file,
-    in file order, empty where there is no usable answer; the list of problems)."""
-    reader = _Reader(annotations)
+    keys: the query sets that need an answer, in file order (default: the valid query sets
+    of ``annotations``; the scorer passes the ones the official code reads as valid).
+    Returns ({QueryKey: PredictedTrack} for every one of ``keys``, empty where there is no
+    usable answer; the problems; the warnings)."""
+    reader = SubmissionReader(annotations, keys)
     reader.read(sub)
-    return reader.tracks, reader.problems
+    return reader.tracks, reader.problems, reader.warnings
 
 
 def load_predictions(path: str | os.PathLike, annotations: VQAnnotationFile
-                     ) -> tuple[dict[QueryKey, PredictedTrack], list[str]]:
+                     ) -> tuple[dict[QueryKey, PredictedTrack], list[str], list[str]]:
     """:func:`read_submission` of a JSON file (malformed JSON raises DataError)."""
     return read_submission(read_json(path), annotations)

@@ -1,12 +1,13 @@
-"""Write VQ2D predictions in the challenge format (DESIGN 5.9).
+"""Write VQ2D predictions in the challenge format (docs/vq2d.md#submission).
 
 :func:`build_submission` mirrors the annotation file: the same videos, clips and
 annotations, in the same order and number; every query set of every annotation gets an
 entry (``{"bboxes": [], "score": 0.0}`` when there is no answer, as the official formatter
 writes for invalid query sets too); ``annotation_uid`` is copied when the annotation has
-one. Box corners are rounded to the nearest integer pixel, clipped at 0 and kept at least
-one pixel wide and high, so the file always passes
-:func:`vq2d.evaluation.validate.validate_submission`.
+one. Box corners are written as integers, as the official ``BBox.to_json`` writes them
+(here rounded to the nearest pixel rather than truncated, clipped at 0 and kept at least
+one pixel wide and high), so the file always passes
+:func:`vq2d.evaluation.validate.validate_submission`; the reader accepts any numbers.
 """
 from __future__ import annotations
 

@@ -1,16 +1,19 @@
 """Response tracks as plain data: the record a method answers a query with, and one
 normalised array form that every metric works on.
 
-A track is "a contiguous run of boxes, one per 5 fps clip frame" (DESIGN 1). The metrics
-accept any of these spellings of it:
+A track is "a contiguous run of boxes, one per 5 fps clip frame". The metrics accept any
+of these spellings of it:
 
 * a mapping ``{frame_number: (x1, y1, x2, y2)}``;
 * an array-like ``[N, 5]`` of rows ``(frame_number, x1, y1, x2, y2)``;
 * a sequence of annotation boxes (objects with ``.frame_number`` and ``.xyxy``, e.g.
   :class:`vq2d.data.annotations.BBox`);
-* a :class:`PredictedTrack` (its ``boxes``).
+* a :class:`PredictedTrack` (its ``boxes``, either of the first two spellings).
 
-Boxes are corner coordinates in original-resolution pixels; nothing here clips them.
+Boxes are corner coordinates in original-resolution pixels, taken as they are (floats,
+negative or beyond the frame, even x2 < x1): nothing here clips or rounds them. The
+``[N, 5]`` spelling may hold a frame twice (as a file read the official way can, see
+docs/vq2d.md#metrics); only the metrics accept that (``allow_repeats``).
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ Box = tuple[float, float, float, float]
 class PredictedTrack:
     """A method's answer to one query: a response track and its confidence.
 
-    ``boxes`` maps a clip frame number to ``(x1, y1, x2, y2)``; an empty mapping is an
-    allowed answer ("not found") and scores IoU 0."""
+    ``boxes`` maps a clip frame number to ``(x1, y1, x2, y2)``, or is an array-like
+    ``[N, 5]`` of rows ``(frame_number, x1, y1, x2, y2)`` in any order; an empty track is an
+    allowed answer ("not found") and scores IoU 0. ``score`` is kept as given (an int
+    stays an int: the official ranking sorts the scores with the file's number type)."""
 
-    boxes: Mapping[int, Box] = field(default_factory=dict)
+    boxes: Any = field(default_factory=dict)
     score: float = 0.0
 
     @classmethod
@@ -48,17 +53,19 @@ class PredictedTrack:
     @property
     def temporal_extent(self) -> tuple[int, int] | None:
         """``(first, last)`` frame number, inclusive; None for an empty track."""
-        if not self.boxes:
+        frames = track_arrays(self.boxes, allow_repeats=True)[0]
+        if frames.size == 0:
             return None
-        return min(self.boxes), max(self.boxes)
+        return int(frames[0]), int(frames[-1])
 
 
-def track_arrays(track: Any) -> tuple[np.ndarray, np.ndarray]:
+def track_arrays(track: Any, allow_repeats: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Normalise any accepted track spelling (see module docstring).
 
-    Returns ``frames: [N] int64`` sorted ascending and ``boxes: [N, 4] float64``
-    (x1, y1, x2, y2) aligned with ``frames``. Raises ValueError on a repeated frame or a
-    malformed row; an empty or None track gives ``[0]`` and ``[0, 4]`` arrays."""
+    Returns ``frames: [N] int64`` sorted ascending (a stable sort: rows of one frame keep
+    their order) and ``boxes: [N, 4] float64`` (x1, y1, x2, y2) aligned with ``frames``.
+    Raises ValueError on a malformed row, and on a repeated frame unless
+    ``allow_repeats``; an empty or None track gives ``[0]`` and ``[0, 4]`` arrays."""
     if isinstance(track, PredictedTrack):
         track = track.boxes
     if track is None:
@@ -79,7 +86,7 @@ def track_arrays(track: Any) -> tuple[np.ndarray, np.ndarray]:
         boxes = rows[:, 1:]
     frames_arr = np.asarray(frames, dtype=np.int64).reshape(-1)
     boxes_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    if len(np.unique(frames_arr)) != len(frames_arr):
+    if not allow_repeats and len(np.unique(frames_arr)) != len(frames_arr):
         raise ValueError("a track has more than one box on the same frame")
     order = np.argsort(frames_arr, kind="stable")
     return frames_arr[order], boxes_arr[order]

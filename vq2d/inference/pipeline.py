@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -57,6 +58,9 @@ class QueryOutcome:
     score: the track's confidence (top detection score at the peak frame).
     peak_frame / peak_score: the chosen frame and its smoothed score; fallback: no peak was
     found. frames_accessed: frames the detector looked at. error: why there is no answer.
+    timings: seconds spent on this query's ``read`` / ``detection`` (its share of the clip's
+    detection pass, by frames searched; 0 when the detections came from the cache),
+    ``peaks`` and ``tracking`` (frames read while tracking included).
     """
 
     name: str
@@ -72,6 +76,7 @@ class QueryOutcome:
     fallback: bool = False
     frames_accessed: int = 0
     error: str | None = None
+    timings: dict = field(default_factory=dict)  # seconds: read, detection, peaks, tracking
 
     @classmethod
     def for_query(cls, query: VQQuery, **kwargs: Any) -> "QueryOutcome":
@@ -97,22 +102,64 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
                  images: ClipFrames | None = None) -> QueryOutcome:
     """Peak -> initial box -> bidirectional track, for one query with its detections."""
     if detections.num_frames == 0:  # query frame 0: nothing to search
-        return QueryOutcome.for_query(query, fallback=True)
+        return QueryOutcome.for_query(query, fallback=True, timings={"peaks": 0.0, "tracking": 0.0})
+    start = time.perf_counter()
     peak = find_latest_peak(detections.score_curve(), peaks)
     box = detections.top_box(peak.frame)
+    timings = {"peaks": time.perf_counter() - start, "tracking": 0.0}
     common = dict(peak_frame=peak.frame, peak_score=peak.smoothed_score, num_peaks=int(peak.peaks.size),
-                  fallback=peak.fallback, frames_accessed=detections.num_frames)
+                  fallback=peak.fallback, frames_accessed=detections.num_frames, timings=timings)
     if box is None:  # no detection at all on the chosen frame
         return QueryOutcome.for_query(query, **common)
     score = float(detections.scores[peak.frame, 0])
+    start = time.perf_counter()
     if peak.fallback:
         boxes = {peak.frame: tuple(float(v) for v in box)}
     else:
         boxes = track_bidirectional(lambda: make_tracker(tracking.name, tracking.params, detections),
                                     peak_frame=peak.frame, peak_box=box, query_frame=detections.num_frames,
                                     images=images, max_length=tracking.max_length, chunk_size=tracking.chunk_size)
+    timings["tracking"] = time.perf_counter() - start
     track = [[f, *boxes[f]] for f in sorted(boxes)]
     return QueryOutcome.for_query(query, track=track, score=score, **common)
+
+
+class TimedFrames:
+    """A :class:`ClipFrames` view that adds up the seconds spent reading frames
+    (``seconds``); everything else is the wrapped object's."""
+
+    def __init__(self, frames: ClipFrames):
+        self._frames = frames
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._frames, name)
+
+    def iter_frames(self, indices: Sequence[int]):
+        start = time.perf_counter()
+        it = iter(self._frames.iter_frames(indices))
+        self.seconds += time.perf_counter() - start
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.seconds += time.perf_counter() - start
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
+
+    read = ClipFrames.read
+    iter_ordered = ClipFrames.iter_ordered
+
+
+def _pass_shares(queries: Sequence[VQQuery], read_s: float, total_s: float) -> dict[str, dict[str, float]]:
+    """Each query's share (by frames searched) of a detection pass that took ``total_s``
+    seconds, ``read_s`` of them reading frames: name -> {read, detection}."""
+    weights = {q.name: max(q.query_frame, 1) for q in queries}
+    whole = sum(weights.values()) or 1
+    return {name: {"read": read_s * w / whole, "detection": max(total_s - read_s, 0.0) * w / whole}
+            for name, w in weights.items()}
 
 
 def detection_path(detections_dir: str | os.PathLike, query: VQQuery) -> Path:
@@ -149,12 +196,15 @@ def process_clip(queries: Sequence[VQQuery], *, frames: ClipFrames, detector: De
             detections[q.name] = cached
         else:
             pending.append(q)
+    shares = {q.name: {"read": 0.0, "detection": 0.0} for q in queries}
     if pending:
+        timed, start = TimedFrames(frames), time.perf_counter()
         try:
-            computed, errors = detector.run(frames, pending, progress=progress)
+            computed, errors = detector.run(timed, pending, progress=progress)
         except Exception as e:  # noqa: BLE001 - one unreadable clip must not stop the run
             logger.error("clip %s: detection pass failed: %s: %s", frames.clip_uid, type(e).__name__, e)
             computed, errors = {}, {q.name: f"{type(e).__name__}: {e}" for q in pending}
+        shares.update(_pass_shares(pending, timed.seconds, time.perf_counter() - start))
         for q in pending:
             if q.name in computed:
                 computed[q.name].save(detection_path(detections_dir, q), fingerprint)
@@ -171,6 +221,8 @@ def process_clip(queries: Sequence[VQQuery], *, frames: ClipFrames, detector: De
         except Exception as e:  # noqa: BLE001 - one failing query is scored empty
             logger.exception("query %s: answering failed", q.name)
             outcomes.append(QueryOutcome.failed(q, f"{type(e).__name__}: {e}"))
+    for o in outcomes:
+        o.timings = {**shares[o.name], "peaks": 0.0, "tracking": 0.0, **o.timings}
     return outcomes
 
 

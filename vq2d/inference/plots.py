@@ -5,6 +5,7 @@
 * :func:`plot_false_positive_gallery`: the top-scoring detections on frames outside the
   response track, each frame region beside the query's visual crop.
 * :func:`top_false_positives`: pick those detections from the cached detections.
+* :func:`write_track_gif`: a short GIF of a predicted track beside its ground truth.
 """
 from __future__ import annotations
 
@@ -106,3 +107,68 @@ def plot_false_positive_gallery(path: str | os.PathLike, items: Sequence[tuple[n
     fig.suptitle("top-scoring detections outside the response track", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
+
+
+GT_COLOR, PRED_COLOR = (40, 200, 40), (230, 40, 40)
+
+
+def gif_frame_numbers(gt_frames: Sequence[int], pred_frames: Sequence[int], max_frames: int,
+                      num_frames: int | None = None) -> list[int]:
+    """Frames a track GIF shows: the span of both tracks (clipped to ``[0, num_frames)``),
+    evenly thinned to at most ``max_frames``."""
+    frames = [int(f) for f in [*gt_frames, *pred_frames]]
+    if not frames:
+        return []
+    first, last = max(min(frames), 0), max(frames)
+    if num_frames is not None:
+        last = min(last, num_frames - 1)
+    if last < first:
+        return []
+    span = np.arange(first, last + 1)
+    if len(span) > max_frames:
+        span = span[np.round(np.linspace(0, len(span) - 1, max(max_frames, 1))).astype(int)]
+    return sorted({int(f) for f in span})
+
+
+def _panel(image: np.ndarray, box, color, label: str, height: int):
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[:2]
+    scale = height / float(h)
+    panel = Image.fromarray(np.ascontiguousarray(image[..., :3])).resize((max(int(round(w * scale)), 1), height))
+    draw = ImageDraw.Draw(panel)
+    if box is not None:
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=2)
+    draw.rectangle(draw.textbbox((2, 2), label), fill=(0, 0, 0))
+    draw.text((2, 2), label, fill=color)
+    return panel
+
+
+def write_track_gif(path: str | os.PathLike, frames, *, gt: np.ndarray, pred: Sequence[Sequence[float]],
+                    max_frames: int = 40, height: int = 180, fps: float = 5.0, title: str = "") -> None:
+    """GIF of the ground truth (left, green) beside the prediction (right, red), frame by
+    frame over both tracks' span. ``frames``: a :class:`vq2d.inference.frame_source.ClipFrames`
+    (``read``, ``num_frames``); ``gt``: rows ``[N, 5]`` (frame, x1, y1, x2, y2); ``pred``:
+    rows ``[M, 5]`` likewise, in the frames' pixel coordinates."""
+    from PIL import Image, ImageDraw
+
+    gt_boxes = {int(r[0]): r[1:5] for r in np.asarray(gt, dtype=np.float64)}
+    pred_boxes = {int(r[0]): r[1:5] for r in pred}
+    indices = gif_frame_numbers(list(gt_boxes), list(pred_boxes), max_frames, frames.num_frames)
+    if not indices:
+        return
+    images = frames.read(indices)
+    pictures = []
+    for f in indices:
+        left = _panel(images[f], gt_boxes.get(f), GT_COLOR, f"GT  f{f}", height)
+        right = _panel(images[f], pred_boxes.get(f), PRED_COLOR, f"prediction  f{f}", height)
+        canvas = Image.new("RGB", (left.width + right.width + 4, height + 14), (0, 0, 0))
+        canvas.paste(left, (0, 14))
+        canvas.paste(right, (left.width + 4, 14))
+        ImageDraw.Draw(canvas).text((4, 1), title, fill=(255, 255, 255))
+        pictures.append(canvas.convert("P", palette=Image.ADAPTIVE))
+    buf = io.BytesIO()
+    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:],
+                     duration=int(1000 / fps), loop=0)
+    atomic_write_bytes(path, buf.getvalue())

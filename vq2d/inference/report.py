@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from episodic.errors import DataError
-from episodic.io import atomic_write_json, atomic_write_text, read_json
+from episodic.io import atomic_write_json, read_json
 from vq2d.data.annotations import VQAnnotationFile, VQQuery
 from vq2d.data.crops import make_visual_crop
+from vq2d.evaluation.ground_truth import query_name, valid_query_sets
 from vq2d.evaluation.metrics import METRIC_KEYS, QueryResult, search_efficiency
-from vq2d.evaluation.scoring import METRICS_FILE, PER_QUERY_FILE, PROBLEMS_FILE, score_submission, write_per_query
+from vq2d.evaluation.scoring import METRICS_FILE, Scores, score_submission, write_scores
 from vq2d.evaluation.submission import build_submission, write_submission
 from vq2d.evaluation.validate import validate_submission
 from vq2d.inference.detection_pass import QueryDetections
 from vq2d.inference.peaks import PeakParams
 from vq2d.inference.pipeline import QueryOutcome, curve_arrays, detection_path
-from vq2d.inference.plots import plot_false_positive_gallery, plot_score_curve, top_false_positives
+from vq2d.inference.plots import plot_false_positive_gallery, plot_score_curve, top_false_positives, write_track_gif
 from vq2d.inference.pool import DETECTIONS_DIR, clip_frames, queries_by_clip
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ SUBMISSION_FILE = "submission.json"
 DIAGNOSTICS_FILE = "per_query.json"
 PLOTS_DIR = "plots"
 MAX_LOGGED_ERRORS = 20
+TIMING_KEYS = ("read", "detection", "peaks", "tracking")
 
 
 def _gt_interval(query: VQQuery) -> tuple[int, int] | None:
@@ -65,11 +67,33 @@ def _search_efficiency(queries: Sequence[VQQuery], outcomes: Mapping[str, QueryO
     return search_efficiency(query_frames, accessed, keys)
 
 
+def timing_totals(outcomes: Mapping[str, QueryOutcome]) -> dict[str, float]:
+    """Seconds summed over queries per step (``read, detection, peaks, tracking``)."""
+    return {k: round(sum(float(o.timings.get(k, 0.0)) for o in outcomes.values()), 3) for k in TIMING_KEYS}
+
+
+def _timing_columns(queries: Sequence[VQQuery], outcomes: Mapping[str, QueryOutcome]) -> dict:
+    return {q.key: {f"{k}_s": f"{float(outcomes[q.name].timings.get(k, 0.0)):.4f}" for k in TIMING_KEYS}
+            for q in queries}
+
+
+def skipped_queries(annotations: VQAnnotationFile, raw: Mapping) -> dict[str, str]:
+    """Query name -> why the annotation loader skipped it, for the query sets marked valid in
+    the file that the loader rejected (malformed; never answered)."""
+    answered = {q.key for q in annotations.queries()}
+    names = [query_name(k) for k, _ in valid_query_sets(raw) if k not in answered]
+    return dict(zip(names, (str(p) for p in annotations.problems)))
+
+
 def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Mapping[str, QueryOutcome]) -> dict:
     """Write the predictions (or submission), score it, write diagnostics and plots; return
-    the metrics (annotated split) or {search_efficiency, num_queries} (test split)."""
+    the metrics (annotated split) or {search_efficiency, num_queries} (test split). Both
+    hold ``timings_s`` (seconds per step over all queries) and, when the annotation
+    loader skipped malformed query sets, ``num_skipped`` / ``skipped_queries`` (never
+    answered; scored as empty tracks when the official rules still score them)."""
     out = Path(settings["output_dir"])
     queries = annotations.queries()
+    raw = read_json(settings["annotations"])
     failed = [q for q in queries if outcomes[q.name].error is not None]
     if failed:
         logger.warning("%d of %d queries failed and are scored as empty tracks:", len(failed), len(queries))
@@ -77,35 +101,85 @@ def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Ma
             logger.warning("  %s: %s", q.name, outcomes[q.name].error)
     sub = build_submission(annotations, {q.key: outcomes[q.name].predicted_track() for q in queries})
     efficiency = _search_efficiency(queries, outcomes)
+    scores: Scores | None = None
     if any(q.response_track is None for q in queries):  # test_unannotated: a submission to send
         path = out / SUBMISSION_FILE
         write_submission(path, sub)
-        problems = validate_submission(read_json(path), annotations)
+        problems = validate_submission(read_json(path), annotations, raw)
         if problems:
             raise DataError(f"{path}: the written submission does not validate: {problems[:5]}")
         logger.info("wrote %s (%d queries; validated)", path, len(queries))
         metrics = {"search_efficiency": efficiency, "num_queries": len(queries)}
-        results = None
     else:
         path = out / PREDICTIONS_FILE
         write_submission(path, sub)
-        scores, results, problems = score_submission(read_json(path), annotations)
-        if problems:
-            atomic_write_text(out / PROBLEMS_FILE, "\n".join(problems) + "\n")
-            logger.error("%s: %d problems (see %s)", path, len(problems), out / PROBLEMS_FILE)
-        metrics = {k: scores[k] for k in METRIC_KEYS}
-        metrics.update(search_efficiency=efficiency, num_queries=scores["num_queries"])
-        write_per_query(out / PER_QUERY_FILE, queries, results)
+        scores = score_submission(read_json(path), annotations, raw)
+        write_scores(out, scores, str(path), extra=_timing_columns(queries, outcomes))
+        metrics = {k: scores.metrics[k] for k in METRIC_KEYS}
+        metrics.update(search_efficiency=efficiency)
+        metrics.update({k: v for k, v in scores.metrics.items() if k not in METRIC_KEYS})
+    skipped = skipped_queries(annotations, raw)
+    if skipped:
+        metrics["num_skipped"] = len(skipped)
+        metrics["skipped_queries"] = skipped
+    metrics["timings_s"] = timing_totals(outcomes)
     atomic_write_json(out / METRICS_FILE, metrics, indent=2)
+    results = scores.results if scores is not None else None
     atomic_write_json(out / DIAGNOSTICS_FILE, diagnostics(queries, outcomes, results), indent=1)
     plots = settings.get("plots") or {}
     if plots.get("enabled", True):
         try:
             write_plots(settings, queries, outcomes)
+            if scores is not None:
+                write_track_videos(settings, queries, outcomes, scores)
         except Exception:  # noqa: BLE001 - a figure must never cost the evaluation
             logger.exception("plotting failed")
     logger.info("wrote %s, %s and %s in %s", path.name, METRICS_FILE, DIAGNOSTICS_FILE, out)
     return metrics
+
+
+def pick_best_and_worst(results: Mapping, num_best: int, num_worst: int) -> tuple[list, list]:
+    """The keys of the ``num_best`` highest-stIoU results and the ``num_worst`` lowest
+    (among equal stIoU the higher-scored first: confident mistakes), never one twice."""
+    def score_of(r: QueryResult) -> float:
+        return float(r.score) if r.score == r.score else float("-inf")  # NaN last
+
+    keys = list(results)
+    best = sorted(keys, key=lambda k: (-results[k].stiou, -score_of(results[k])))[:max(num_best, 0)]
+    rest = [k for k in keys if k not in best]
+    worst = sorted(rest, key=lambda k: (results[k].stiou, -score_of(results[k])))[:max(num_worst, 0)]
+    return best, worst
+
+
+def write_track_videos(settings: Mapping, queries: Sequence[VQQuery], outcomes: Mapping[str, QueryOutcome],
+                       scores: Scores) -> list[Path]:
+    """``plots/tracks/{best,worst}_<rank>_<query>.gif``: the predicted track beside the GT
+    for the best and worst queries by stIoU (``plots.track_videos``: enabled, num_best,
+    num_worst, max_frames, height). Returns the files written."""
+    cfg = dict((settings.get("plots") or {}).get("track_videos") or {})
+    if not cfg.get("enabled", True):
+        return []
+    best, worst = pick_best_and_worst(scores.results, int(cfg.get("num_best", 3)), int(cfg.get("num_worst", 3)))
+    by_key = {q.key: q for q in queries}
+    by_clip = queries_by_clip(queries)
+    out = Path(settings["output_dir"]) / PLOTS_DIR / "tracks"
+    written = []
+    for tag, keys in (("best", best), ("worst", worst)):
+        for rank, key in enumerate(keys, 1):
+            q = by_key.get(key)
+            if q is None:  # scored from the raw file only: never answered, no frames to show
+                continue
+            o, r = outcomes[q.name], scores.results[key]
+            path = out / f"{tag}_{rank}_{q.name}.gif"
+            try:
+                with clip_frames(settings, q.clip_uid, by_clip[q.clip_uid]) as frames:
+                    write_track_gif(path, frames, gt=scores.gt.tracks[key], pred=o.track,
+                                    max_frames=int(cfg.get("max_frames", 40)), height=int(cfg.get("height", 180)),
+                                    title=f"{q.name} stIoU {r.stiou:.2f} score {o.score:.2f}")
+                written.append(path)
+            except DataError as e:
+                logger.warning("track video of %s skipped: %s", q.name, e)
+    return written
 
 
 # Plots ----------------------------------------------------------------------------------------
