@@ -1,7 +1,9 @@
 """Atomic file output: a reader never sees a half-written file.
 
 Every writer goes to a temporary file in the destination folder, flushes it and
-renames it over the destination (``os.replace`` is atomic on POSIX).
+renames it over the destination (``os.replace`` is atomic on POSIX). The file gets the
+mode a plain ``open`` would give it (0644 under umask 022), not ``mkstemp``'s 0600, so
+colleagues on a shared machine can read outputs and checkpoints.
 """
 from __future__ import annotations
 
@@ -11,6 +13,20 @@ import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore (briefly changes it for other threads)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -23,6 +39,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -22,3 +22,23 @@ def test_failed_write_keeps_previous_file(tmp_path):
             raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, expected):
+    import os
+    import stat
+
+    import torch
+
+    from episodic.io import atomic_torch_save, atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+        atomic_write_bytes(tmp_path / "x.bin", b"1")
+        atomic_torch_save(tmp_path / "model.pth", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "x.bin", "model.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
