@@ -6,14 +6,14 @@ Exits 0 when the file is valid; otherwise prints every problem and exits 1.
 """
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.errors import DataError
 from vq2d.evaluation.validate import validate_submission_file
 
 
-@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="validate_submission")
+@tool_main("../configs/vq2d", "validate_submission")
 def main(cfg: DictConfig) -> None:
     try:
         problems, num_queries = validate_submission_file(cfg.annotations, cfg.submission)
