@@ -22,7 +22,7 @@ from vq2d.inference.detection_pass import DetectionPass
 from vq2d.inference.evaluate import resolve_settings
 from vq2d.inference.frame_source import ClipFrames, original_size_of
 from vq2d.inference.pool import (CLIPS_DIR, DETECTIONS_DIR, clip_cost, collect_outcomes, queries_by_clip,
-                                 result_fingerprint, run_pool, run_shard, shard_clips)
+                                 run_pool, run_shard, shard_clips)
 from vq2d.inference.report import write_reports
 from vq2d.modeling.build import build_model
 
@@ -120,7 +120,7 @@ def test_shard_merge_equals_single_run_and_resume_recomputes_nothing(data, tmp_p
     queries = annotations.queries()
     summaries = run_pool(single, annotations)
     assert sum(s["clips_done"] for s in summaries) == 3
-    one = collect_outcomes(single["output_dir"], queries, result_fingerprint(single))
+    one = collect_outcomes(single["output_dir"], queries, single)
     # the same clips in two shards run one after the other, merged from their clip files
     sharded = _settings(data, tmp_path / "sharded", workers=2)
     costs = {c: clip_cost(qs) for c, qs in queries_by_clip(queries).items()}
@@ -128,7 +128,7 @@ def test_shard_merge_equals_single_run_and_resume_recomputes_nothing(data, tmp_p
     assert len(shards) == 2 and sorted(sum(shards, [])) == sorted(costs)
     for i, clips in enumerate(shards):
         run_shard({"shard": i, "clip_uids": clips, "settings": sharded, "in_process": True})
-    two = collect_outcomes(sharded["output_dir"], queries, result_fingerprint(sharded))
+    two = collect_outcomes(sharded["output_dir"], queries, sharded)
     assert {k: v.to_dict() for k, v in one.items()} == {k: v.to_dict() for k, v in two.items()}
     assert all(o.error is None and o.track for o in one.values())
     # resume: nothing is recomputed or rewritten
@@ -164,7 +164,7 @@ def test_broken_clip_and_bad_query_are_scored_empty_while_others_succeed(data, t
     settings = _settings(data, tmp_path / "out", data={"root": str(root)})
     annotations = load_vq_annotations(settings["annotations"])
     run_pool(settings, annotations)
-    outcomes = collect_outcomes(settings["output_dir"], annotations.queries(), result_fingerprint(settings))
+    outcomes = collect_outcomes(settings["output_dir"], annotations.queries(), settings)
     metrics = write_reports(settings, annotations, outcomes)
     rows = {r["name"]: r for r in json.loads((tmp_path / "out/per_query.json").read_text())}
     broken = [r for r in rows.values() if r["clip_uid"] == clips[0]["clip_uid"]]

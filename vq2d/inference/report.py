@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from episodic.cli import failure_fields
 from episodic.errors import DataError
 from episodic.io import atomic_write_json, atomic_write_text, read_json
 from vq2d.data.annotations import VQAnnotationFile, VQQuery
@@ -96,6 +97,7 @@ def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Ma
         metrics = {k: scores[k] for k in METRIC_KEYS}
         metrics.update(search_efficiency=efficiency, num_queries=scores["num_queries"])
         write_per_query(out / PER_QUERY_FILE, queries, results)
+    metrics.update(failure_fields((q.name, outcomes[q.name].error) for q in failed))  # exit status 3 when any
     atomic_write_json(out / METRICS_FILE, metrics, indent=2)
     atomic_write_json(out / DIAGNOSTICS_FILE, diagnostics(queries, outcomes, results), indent=1)
     plots = settings.get("plots") or {}
