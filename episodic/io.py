@@ -8,6 +8,7 @@ colleagues on a shared machine can read outputs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -33,7 +34,9 @@ def current_umask() -> int:
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched. A full disk
+    (ENOSPC, also when torch.save wraps it in a RuntimeError) is raised as an OSError
+    reading "no space left on <folder> (writing <name>; the previous file is unchanged)".
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,10 +48,33 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if disk_full(e) and not getattr(e, "explained", False):
+            raise no_space_error(path) from e
         raise
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or an exception it was raised from is ENOSPC (torch.save reports a
+    full disk as ``RuntimeError: [enforce fail at inline_container.cc...]`` raised while
+    handling the OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def no_space_error(path: str | os.PathLike, note: str = "the previous file is unchanged") -> OSError:
+    """The OSError(ENOSPC) every writer raises on a full disk; its text names the folder."""
+    path = Path(path)
+    error = OSError(errno.ENOSPC, f"no space left on {path.parent} (writing {path.name}; {note})")
+    error.explained = True
+    return error
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
