@@ -33,6 +33,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FAILED_ITEMS = 3
 MAX_SHOWN_FAILURES = 20  # failed items printed on the summary (all of them go to the JSON)
+BOOL_OR_WORD_KEYS = ("amp",)  # true/false or a word (amp=bf16): not checked as booleans
 
 
 # Failures of items ------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ def config_type_problems(cfg: Any, defaults: Any) -> list[str]:
     for key, value in _leaves(given):
         found, default = _lookup(reference, key)
         problem = _type_problem(value, default) if found else None
+        if problem and isinstance(default, bool) and key.rsplit(".", 1)[-1] in BOOL_OR_WORD_KEYS:
+            problem = None
         if problem:
             problems.append(f"{key}={value!r}: {problem} (default: {default!r})")
     return problems

@@ -22,6 +22,7 @@ def test_type_problems_name_the_key_and_what_was_expected():
     good = {"max_iter": 10, "lr": 1, "resume": False, "parts": ["b", "c"], "data": {"root": 5, "n": 3.0},
             "device": "cpu", "maybe": "abc", "path": "/z", "extra": "ok"}
     assert config_type_problems(good, defaults) == []
+    assert config_type_problems({"amp": "bf16", "nlq": {"amp": "bf16"}}, {"amp": True, "nlq": {"amp": True}}) == []
     bad = {**good, "max_iter": "abc", "resume": "maybe", "parts": "a", "data": {"root": "x", "n": 2.5},
            "lr": "fast"}
     problems = config_type_problems(bad, defaults)
