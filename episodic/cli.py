@@ -159,6 +159,8 @@ def check_config_types(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
+    if not HydraConfig.initialized():  # called outside a hydra app: nothing to compare with
+        return
     hydra_cfg = HydraConfig.get()
     groups = set(hydra_cfg.runtime.choices)
     keep = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in groups]
