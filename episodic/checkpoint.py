@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from episodic.errors import DataError
-from episodic.io import atomic_torch_save, atomic_write_text
+from episodic.io import atomic_torch_save, atomic_write_text, disk_full, no_space_error
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Checkpointer:
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
         self.periodic_glob = periodic_glob
+        self.loaded: Path | None = None  # the file the last load() read
 
     @property
     def pointer_path(self) -> Path:
@@ -62,12 +63,20 @@ class Checkpointer:
         """Write ``state`` to ``output_dir/name`` atomically, point ``last_checkpoint`` at it, prune.
 
         If writing fails, the exception propagates and the previous checkpoint and
-        ``last_checkpoint`` are left untouched.
+        ``last_checkpoint`` are left untouched; a full disk is an OSError(ENOSPC) reading
+        "no space left on <folder> (writing <name>; the previous checkpoint <name> is kept)".
         """
         if Path(name).name != name or name == LAST_CHECKPOINT_FILE:
             raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
         path = self.output_dir / name
-        atomic_torch_save(path, state)
+        try:
+            atomic_torch_save(path, state)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            previous = self.pointer_path.read_text(encoding="utf-8").strip() if self.pointer_path.is_file() else None
+            raise no_space_error(path, f"the previous checkpoint {previous} is kept" if previous
+                                 else "no checkpoint written") from e
         atomic_write_text(self.pointer_path, name + "\n")
         logger.info("saved checkpoint %s", path)
         self._prune(keep=path)
@@ -97,13 +106,40 @@ class Checkpointer:
         defaults to False because a training state holds more than tensors (optimizer and
         RNG state, metric values); only load files this toolkit wrote.
         """
-        path = self.latest() if path is None else Path(path)
         if path is None:
-            return None
+            return self._load_newest_readable(map_location, weights_only)
+        path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: checkpoint file not found")
         logger.info("loading checkpoint %s", path)
+        self.loaded = path
         return torch.load(path, map_location=map_location, weights_only=weights_only)
+
+    def _load_newest_readable(self, map_location: Any, weights_only: bool) -> dict[str, Any] | None:
+        """The newest checkpoint that loads: ``last_checkpoint``'s, else (truncated, e.g. by a
+        full disk or a kill outside the atomic writer) the newest readable periodic one, with
+        a warning naming both. None for a fresh run; DataError when none is readable."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        older = [p for p in reversed(self.periodic_checkpoints()) if p != latest]
+        problems = []
+        for path in [latest, *older]:
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=weights_only)
+            except Exception as e:  # noqa: BLE001 - a truncated / corrupt file: try the next one
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                problems.append(f"{path.name}: {reason}")
+                continue
+            if path != latest:
+                logger.warning("%s is unreadable (%s); resuming from %s, the newest readable checkpoint",
+                               latest, problems[0], path.name)
+            else:
+                logger.info("loading checkpoint %s", path)
+            self.loaded = path
+            return state
+        raise DataError(f"{self.output_dir}: no readable checkpoint to resume from ({'; '.join(problems)}); "
+                        f"remove {LAST_CHECKPOINT_FILE} to start over")
 
     def periodic_checkpoints(self) -> list[Path]:
         """Periodic checkpoints in the folder, oldest first (protected names excluded)."""

@@ -10,6 +10,7 @@ from episodic.config import to_container
 from recipes.steps import StepRunner
 
 SUMMARY_FILE = "v2/synthetic_summary.json"  # written last by make_synthetic
+DATA_DIRS = ("v2/annotations", "v2/clips")  # a change in them re-runs the data step and what read it
 FRAME_CACHE = "frame_cache"  # JPEG frames extracted from the clips by the VQ2D tools (default location)
 
 
@@ -40,5 +41,5 @@ def generate(runner: StepRunner, name: str, *, root: Path, seed: int, preset: st
 
     runner.tool(name, "make_synthetic.py", [f"out={root}", f"seed={seed}", f"preset={preset}",
                                             *generator_overrides(synthetic)],
-                outputs=[Path(root) / SUMMARY_FILE], prepare=drop_frame_cache)
+                outputs=[Path(root) / SUMMARY_FILE, *(Path(root) / d for d in DATA_DIRS)], prepare=drop_frame_cache)
     return name

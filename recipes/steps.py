@@ -7,7 +7,10 @@ Skip-if-done: a finished step leaves ``<output_dir>/steps/<step>.json`` (its com
 time, a stamp of the run and the stamps of the steps it depends on). With ``resume=True`` a
 step is not run again when its record holds the same command line and the same stamps of
 its dependencies and of the config files it reads (``watch``: the tool's config folder)
-and its declared outputs all exist; the tools themselves resume inside a step (training
+and its declared outputs all exist, unchanged since the step made them (their files' names,
+sizes and modification times are recorded, so replacing a data file re-runs the step that
+made it and, through the stamps, every step that read it); a step that runs again says
+why. The tools themselves resume inside a step (training
 from ``last_checkpoint``, VQ2D evaluation per clip). A step whose dependencies were re-run
 or whose config files changed since its record was written starts from scratch: its
 ``clean`` folder (inside the recipe's output folder) is removed first, so no tool resumes
@@ -113,8 +116,11 @@ class StepRunner:
     def _reuse(self, name: str, command: list[str], inputs: dict, outputs: Sequence[os.PathLike],
                ) -> StepResult | None:
         record = self._record(name) if self.resume else None
-        if (record is None or record.get("command") != command or record.get("inputs", {}) != inputs
-                or not all(Path(p).exists() for p in outputs)):
+        if record is None:
+            return None
+        reasons = _rerun_reasons(record, command, inputs, outputs)
+        if reasons:
+            self._say(f"     {name}: {'; '.join(reasons)}; running it again")
             return None
         self._stamps[name] = record.get("stamp")
         result = StepResult(name, float(record.get("seconds", 0.0)), True, str(self.log_path(name)))
@@ -137,11 +143,12 @@ class StepRunner:
         self._say(f"[{len(self.results) + 1:2d}] {name:<28} ...", end=" ")
         return time.perf_counter()
 
-    def _finish(self, name: str, command: list[str], inputs: dict, start: float) -> StepResult:
+    def _finish(self, name: str, command: list[str], inputs: dict, start: float,
+                outputs: Sequence[os.PathLike] = ()) -> StepResult:
         seconds = time.perf_counter() - start
         stamp = uuid.uuid4().hex
         atomic_write_json(self.record_path(name), {"command": command, "inputs": inputs, "seconds": round(seconds, 2),
-                                                   "stamp": stamp}, indent=1)
+                                                   "stamp": stamp, "outputs": outputs_stamp(outputs)}, indent=1)
         self._stamps[name] = stamp
         result = StepResult(name, seconds, False, str(self.log_path(name)))
         self.results.append(result)
@@ -178,7 +185,7 @@ class StepRunner:
             self._say("FAILED")
             raise StepFailed(f"step {name!r} failed (exit code {rc}): {' '.join(command)}\n"
                              f"  log: {log}\n  last lines:\n{_tail(log)}")
-        return self._finish(name, command, inputs, start)
+        return self._finish(name, command, inputs, start, outputs)
 
     def call(self, name: str, fn: Callable[[], object], *, key: Sequence[str] = (),
              outputs: Sequence[os.PathLike] = (), depends: Sequence[str] = ()) -> StepResult:
@@ -195,11 +202,44 @@ class StepRunner:
         except Exception as e:
             self._say("FAILED")
             raise StepFailed(f"step {name!r} failed: {type(e).__name__}: {e}") from e
-        return self._finish(name, command, inputs, start)
+        return self._finish(name, command, inputs, start, outputs)
 
     def timings(self) -> list[dict]:
         """Every step run or skipped so far, in order (for results files and reports)."""
         return [asdict(r) for r in self.results]
+
+
+def outputs_stamp(paths: Sequence[os.PathLike]) -> dict[str, list]:
+    """{path: [[file relative to it, size, modification time ns], ...]} of files or folders
+    (a missing path maps to []): what a step's outputs were when it finished."""
+    stamp = {}
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+        stamp[str(path)] = [[str(f.relative_to(path)) if f != path else ".", f.stat().st_size, f.stat().st_mtime_ns]
+                            for f in files]
+    return stamp
+
+
+def _rerun_reasons(record: dict, command: list[str], inputs: dict, outputs: Sequence[os.PathLike]) -> list[str]:
+    """Why a step recorded as ``record`` must run again (empty: it can be reused)."""
+    reasons = []
+    if record.get("command") != command:
+        reasons.append("its command line changed")
+    old = record.get("inputs", {})
+    if old.get("<config>") != inputs.get("<config>"):
+        reasons.append("its config files changed")
+    rerun = [dep for dep in inputs if dep != "<config>" and old.get(dep) != inputs[dep]]
+    if rerun:
+        reasons.append(f"{', '.join(rerun)} ran again since")
+    missing = [str(p) for p in outputs if not Path(p).exists()]
+    if missing:
+        reasons.append(f"{missing[0]} is missing")
+    elif "outputs" in record:
+        now = outputs_stamp(outputs)
+        changed = [p for p in now if record["outputs"].get(p) != now[p]]
+        if changed:
+            reasons.append(f"{changed[0]} changed since the step made it")
+    return reasons
 
 
 def config_digest(paths: Sequence[os.PathLike]) -> str:

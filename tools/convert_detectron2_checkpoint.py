@@ -9,9 +9,10 @@ r50_fpn_detectron2: stride_in_1x1, BGR); ``check=false`` skips that. Run the res
 """
 from __future__ import annotations
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from episodic.cli import tool_main
 
 ConfigStore.instance().store(
     name="convert_detectron2_checkpoint",
@@ -24,7 +25,7 @@ ConfigStore.instance().store(
 )
 
 
-@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="convert_detectron2_checkpoint")
+@tool_main("../configs/vq2d", "convert_detectron2_checkpoint")
 def main(cfg: DictConfig) -> None:
     from vq2d.modeling.build import build_model
     from vq2d.modeling.weights import convert_detectron2_checkpoint

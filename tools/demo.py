@@ -5,15 +5,15 @@
 Writes OUT/results.json, OUT/vq2d_submission.json, OUT/nlq_submission.json, OUT/pictures/
 and OUT/README.md; see configs/demo.yaml.
 """
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.config import save_config
 from recipes.demo import run_demo
 from recipes.steps import run_or_exit
 
 
-@hydra.main(config_path="../configs", config_name="demo", version_base="1.3")
+@tool_main("../configs", "demo")
 def main(cfg: DictConfig) -> None:
     save_config(cfg, cfg.output_dir)
     run_or_exit(run_demo, cfg)

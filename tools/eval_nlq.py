@@ -13,10 +13,9 @@ Each mode is one library function.
 """
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from episodic.cli import run_one_mode
+from episodic.cli import run_one_mode, tool_main
 from nlq.evaluation.scoring import format_metrics, score_from_config
 
 
@@ -29,7 +28,7 @@ def _checkpoint_mode(cfg: DictConfig) -> dict:
 MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
 
 
-@hydra.main(version_base="1.3", config_path="../configs/nlq", config_name="eval")
+@tool_main("../configs/nlq", "eval")
 def main(cfg: DictConfig) -> None:
     run_one_mode(cfg, MODES, format_metrics)
 

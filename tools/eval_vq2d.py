@@ -16,10 +16,9 @@ library function.
 """
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from episodic.cli import run_one_mode
+from episodic.cli import run_one_mode, tool_main
 from vq2d.evaluation.scoring import format_metrics, score_from_config
 
 
@@ -32,7 +31,7 @@ def _checkpoint_mode(cfg: DictConfig) -> dict:
 MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
 
 
-@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="eval")
+@tool_main("../configs/vq2d", "eval")
 def main(cfg: DictConfig) -> None:
     run_one_mode(cfg, MODES, format_metrics)
 

@@ -7,14 +7,14 @@ Prints the counts (narrations read, inside / outside the clips, queries added, c
 """
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.errors import DataError
 from nlq.data.naq import make_naq
 
 
-@hydra.main(version_base="1.3", config_path="../configs/nlq", config_name="make_naq")
+@tool_main("../configs/nlq", "make_naq")
 def main(cfg: DictConfig) -> None:
     try:
         stats = make_naq(cfg.narrations, cfg.annotations_dir, cfg.out)

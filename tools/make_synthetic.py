@@ -3,13 +3,13 @@ annotations and narrations) in the exact Ego4D formats.
 
     python tools/make_synthetic.py out=data/synthetic seed=0 [preset=large]
 """
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from episodic.cli import tool_main
 from recipes.synthetic import format_summary, make_synthetic
 
 
-@hydra.main(config_path="../configs", config_name="make_synthetic", version_base="1.3")
+@tool_main("../configs", "make_synthetic")
 def main(cfg: DictConfig) -> None:
     summary = make_synthetic(cfg.out, seed=cfg.seed, preset=cfg.preset,
                              vq2d=OmegaConf.to_container(cfg.vq2d), nlq=OmegaConf.to_container(cfg.nlq))

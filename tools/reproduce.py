@@ -7,15 +7,15 @@ NLQ + NaQ, NaQ only, and few-shot NLQ only vs NLQ + NaQ.
 Writes OUT/results.json, OUT/findings.json, OUT/pictures/ and OUT/README.md; see
 configs/reproduce.yaml.
 """
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.config import save_config
 from recipes.reproduce import run_reproduce
 from recipes.steps import run_or_exit
 
 
-@hydra.main(config_path="../configs", config_name="reproduce", version_base="1.3")
+@tool_main("../configs", "reproduce")
 def main(cfg: DictConfig) -> None:
     save_config(cfg, cfg.output_dir)
     run_or_exit(run_reproduce, cfg)

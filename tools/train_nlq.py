@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.errors import DataError
 from nlq.engine.launch import launch_training
 
 
-@hydra.main(version_base="1.3", config_path="../configs/nlq", config_name="train")
+@tool_main("../configs/nlq", "train")
 def main(cfg: DictConfig) -> None:
     try:
         summary = launch_training(cfg)

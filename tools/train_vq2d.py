@@ -6,17 +6,17 @@
 
 Running the same command again resumes from OUT/last_checkpoint. See configs/vq2d/train.yaml.
 """
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from episodic.cli import tool_main
 from episodic.errors import DataError
 from episodic.launch import submit
 from vq2d.engine.build import model_config
 from vq2d.engine.trainer import train
 
 
-@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="train")
+@tool_main("../configs/vq2d", "train")
 def main(cfg: DictConfig) -> None:
     if cfg.get("launcher") is None:
         try:

@@ -7,14 +7,14 @@ invalid: the official scorer accepts them); otherwise prints every problem and e
 """
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
+from episodic.cli import tool_main
 from episodic.errors import DataError
 from vq2d.evaluation.validate import check_submission_file
 
 
-@hydra.main(version_base="1.3", config_path="../configs/vq2d", config_name="validate_submission")
+@tool_main("../configs/vq2d", "validate_submission")
 def main(cfg: DictConfig) -> None:
     try:
         problems, warnings, num_queries = check_submission_file(cfg.annotations, cfg.submission)

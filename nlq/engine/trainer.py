@@ -166,7 +166,7 @@ def _resume(checkpointer: Checkpointer, run: Run) -> TrainState:
     rng = saved["rng"]
     restore_rng_state(rng[run.info.rank] if run.info.rank < len(rng) else rng[0])
     state = TrainState(**saved["train_state"])
-    log.info("resumed from %s: %d epochs done, step %d, best %s %.2f (epoch %d)", checkpointer.latest(),
+    log.info("resumed from %s: %d epochs done, step %d, best %s %.2f (epoch %d)", checkpointer.loaded,
              state.epoch, state.global_step, BEST_METRIC, state.best_metric, state.best_epoch)
     return state
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from episodic.errors import DataError
 from episodic.io import atomic_write_json, atomic_write_text
 from nlq.data.annotations import load_nlq_annotations
+from nlq.evaluation.coverage import coverage_line, prediction_coverage
 from nlq.evaluation.metrics import evaluate_nlq
 from nlq.evaluation.submission import read_predictions
 
@@ -27,10 +28,16 @@ def score_predictions_file(annotations_path: str | os.PathLike, predictions_path
                            output_dir: str | os.PathLike | None = None) -> dict:
     """Load both files, score (:func:`nlq.evaluation.metrics.evaluate_nlq`), log the
     warnings, write ``metrics.json`` and return the metrics (R@k_IoUt and mIoU in percent,
-    num_evaluated, num_gt). A missing or malformed file raises DataError."""
+    num_evaluated, num_gt) and how much of the split the file covers
+    (:func:`nlq.evaluation.coverage.prediction_coverage`: num_queries, num_answered,
+    num_duplicates, complete, counts of suspicious windows). A missing or malformed file
+    raises DataError."""
     annotations = load_nlq_annotations(annotations_path)
     predictions = read_predictions(predictions_path)
     metrics, warnings = evaluate_nlq(predictions, annotations, return_warnings=True)
+    counts, window_warnings = prediction_coverage(predictions, annotations)
+    metrics = {**metrics, **counts}
+    warnings = [*warnings, *window_warnings]
     for warning in warnings:
         logger.warning("%s: %s", predictions_path, warning)
     out = Path(output_dir) if output_dir is not None else Path(predictions_path).resolve().parent
@@ -42,10 +49,14 @@ def score_predictions_file(annotations_path: str | os.PathLike, predictions_path
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines, one per metric."""
-    lines = []
+    """Human-readable lines, one per metric; first a line saying so when the predictions
+    file does not answer every query of the split exactly once."""
+    incomplete = coverage_line(metrics)
+    lines = [incomplete] if incomplete else []
     for key, value in metrics.items():
-        if isinstance(value, int):
+        if isinstance(value, bool):
+            lines.append(f"{key:<14s} {'true' if value else 'false'}")
+        elif isinstance(value, int):
             lines.append(f"{key:<14s} {value:d}")
         else:
             lines.append(f"{key:<14s} {value:8.2f} %")

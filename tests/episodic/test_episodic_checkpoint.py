@@ -1,4 +1,6 @@
 """Checkpointer: save/load/latest, pruning, atomicity; RNG capture/restore."""
+import errno
+import os
 import random
 
 import numpy as np
@@ -100,3 +102,44 @@ def test_rng_restore_reproduces_draws_through_a_checkpoint(tmp_path):
     _draws()  # move every generator on
     restore_rng_state(Checkpointer(tmp_path).load(weights_only=True)["rng"])
     assert _draws() == expected
+
+
+def _torch_save_on_full_disk(obj, f, *args, **kwargs):
+    """What torch.save does when the disk fills up: the OSError of the write, wrapped."""
+    f.write(b"PK\x03\x04 partial")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+
+def test_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path, keep_last=1)
+    ckpt.save("model_0000001.pth", {"it": torch.tensor(1)})
+    monkeypatch.setattr(torch, "save", _torch_save_on_full_disk)
+    with pytest.raises(OSError) as e:
+        ckpt.save("model_0000002.pth", {"it": torch.tensor(2)})
+    assert e.value.errno == errno.ENOSPC
+    assert e.value.strerror == (f"no space left on {tmp_path} (writing model_0000002.pth; "
+                                "the previous checkpoint model_0000001.pth is kept)")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert int(ckpt.load()["it"]) == 1
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_newest_readable(tmp_path, caplog):
+    ckpt = Checkpointer(tmp_path, keep_last=3)
+    for it in (1, 2, 3):
+        ckpt.save(f"model_{it:07d}.pth", {"it": torch.tensor(it)})
+        os.utime(tmp_path / f"model_{it:07d}.pth", ns=(it * 10**9, it * 10**9))  # distinct mtimes
+    latest = tmp_path / "model_0000003.pth"
+    latest.write_bytes(latest.read_bytes()[:40])  # truncated
+    with caplog.at_level("WARNING"):
+        state = ckpt.load()
+    assert int(state["it"]) == 2 and ckpt.loaded == tmp_path / "model_0000002.pth"
+    assert any("model_0000003.pth is unreadable" in r.getMessage() and "resuming from model_0000002.pth"
+               in r.getMessage() for r in caplog.records)
+    for it in (1, 2):
+        (tmp_path / f"model_{it:07d}.pth").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no readable checkpoint to resume from"):
+        ckpt.load()

@@ -101,7 +101,8 @@ def test_submission_round_trip_and_scoring(tmp_path):
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(GT))
     metrics = score_predictions_file(gt_path, path, tmp_path / "out")
-    assert metrics == evaluate_nlq(sub["results"], annotations)
+    assert {k: metrics[k] for k in KEYS + ["num_evaluated", "num_gt"]} == evaluate_nlq(sub["results"], annotations)
+    assert metrics["complete"] is True and metrics["num_queries"] == metrics["num_answered"] == 4
     assert metrics["R@1_IoU0.5"] == 100.0 and metrics["mIoU"] == pytest.approx(100.0)
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["R@5_IoU0.3"] == 100.0 and written["warnings"] == []
@@ -137,6 +138,35 @@ def test_validator_names_each_problem():
     assert validate_submission([], annotations) == ["submission must be a JSON object (got list)"]
 
 
+def test_partial_duplicated_and_odd_windows_are_said_and_counted(tmp_path):
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "preds.json"
+    gt_path.write_text(json.dumps(GT))
+    preds = [_pred(0, [[0.0, 10.0]] * 5), _pred(0, [[0.0, 10.0]] * 5),  # a duplicate
+             _pred(1, [[30.0, 20.0]] + [FAR] * 4),                      # a window ending before it starts
+             _pred(2, [[40.0, 50.0]] * 3),                              # fewer than 5 windows
+             _pred(3, [[60.0, 63.0], [95.0, 130.0]] + [FAR] * 3)]       # a window past the clip's end (100 s)
+    write_submission({"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": preds}, pred_path)
+    metrics = score_predictions_file(gt_path, pred_path, tmp_path)
+    # the official number is unchanged: the mean over the 5 submitted predictions
+    assert metrics["R@1_IoU0.5"] == pytest.approx(100 * 4 / 5) and metrics["num_evaluated"] == 5
+    assert (metrics["num_queries"], metrics["num_answered"], metrics["num_duplicates"]) == (4, 4, 1)
+    assert metrics["complete"] is False
+    assert (metrics["num_windows_start_after_end"], metrics["num_fewer_than_5_windows"],
+            metrics["num_windows_outside_clip"]) == (1, 1, 1)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["complete"] is False and written["num_queries"] == 4
+    text = "\n".join(written["warnings"])
+    assert "1 predictions have a window ending before it starts: (c1, a1, 1)" in text
+    assert "fewer than 5 windows" in text and "window outside the clip: (c1, a1, 3)" in text
+    from nlq.evaluation.scoring import format_metrics
+    assert format_metrics(metrics)[0].startswith("INCOMPLETE predictions: 4 of 4 queries answered, 1 duplicates")
+    whole = [_pred(i, [list(w)] * 5) for i, w in enumerate([(0, 10), (20, 30), (40, 50), (60, 63)])]
+    write_submission({"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": whole}, pred_path)
+    complete = score_predictions_file(gt_path, pred_path, tmp_path)
+    assert complete["complete"] is True and complete["num_windows_outside_clip"] == 0
+    assert not format_metrics(complete)[0].startswith("INCOMPLETE")
+
+
 def test_real_val_file_scores_perfect_predictions(ego4d_samples):
     annotations = load_nlq_annotations(ego4d_samples / "nlq_val_v2.json")
     queries = annotations.queries()
@@ -158,9 +188,11 @@ def test_eval_tool_last_line_is_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
-    assert sorted(result) == sorted(KEYS + ["num_evaluated", "num_gt"])
+    assert set(KEYS + ["num_evaluated", "num_gt", "num_queries", "complete"]) <= set(result)
     assert result["R@1_IoU0.5"] == pytest.approx(100 / 3) and result["num_evaluated"] == 3
+    assert result["num_queries"] == 4 and result["complete"] is False
     assert any("GT queries have no prediction" in line for line in lines[:-1])
+    assert "INCOMPLETE predictions: 3 of 4 queries answered, 0 duplicates" in proc.stdout
     assert (tmp_path / "out" / "metrics.json").is_file() and (tmp_path / "out" / "eval_nlq_config.yaml").is_file()
     with pytest.raises(DataError, match="missing.json"):
         score_predictions_file(gt_path, tmp_path / "missing.json", tmp_path / "out2")

@@ -65,6 +65,22 @@ def test_step_runner_logs_reuses_and_reruns_stale_steps(workdir):
     assert [t["skipped"] for t in changed.timings()] == [False, False]
 
 
+def test_step_runner_reruns_when_an_output_was_replaced_and_says_why(workdir):
+    out, lines = workdir / "out", []
+    make = dict(outputs=[out / "data"])
+    use = dict(outputs=[out / "use" / "b.txt"], depends=["make"], clean=out / "use")
+    runner = _runner(workdir, [])
+    runner.tool("make", "write.py", [f"out={out}/data/a.txt"], **make)
+    runner.tool("use", "write.py", [f"out={out}/use/b.txt"], **use)
+    (out / "data" / "a.txt").write_text("replaced by hand, same command line\n")
+    again = _runner(workdir, lines)
+    assert not again.tool("make", "write.py", [f"out={out}/data/a.txt"], **make).skipped
+    assert not again.tool("use", "write.py", [f"out={out}/use/b.txt"], **use).skipped  # it read the old data
+    assert any(f"make: {out / 'data'} changed since the step made it; running it again" in line for line in lines)
+    assert any("use: make ran again since; running it again" in line for line in lines)
+    assert _runner(workdir, []).tool("make", "write.py", [f"out={out}/data/a.txt"], **make).skipped
+
+
 def test_step_runner_failure_names_step_and_log(workdir):
     runner = _runner(workdir, [])
     with pytest.raises(StepFailed) as err:

@@ -170,10 +170,18 @@ def test_extract_tool(tmp_path):
     work.mkdir()
     done = _run_tool(work, f"data.root={root}", "split=val", "workers=2", "jpeg_quality=80",
                      "parts=[crop,response_track,negatives,search_window]")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # the run finished, but two clips failed
     assert "2 extracted" in done.stdout and "FAILED gone" in done.stdout
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["num_failed"] == 2 and [f["id"] for f in result["failed"]] == ["c2", "gone"]
+    assert "past the end" in result["failed"][0]["reason"]
+    assert "2 failed; exit status 3" in done.stderr
     # with the search window: c0 0..29 + 35, c1 0..11, c2 0..7 (its frame 15 fails), gone none
     assert len(_jpegs(root / "frame_cache")) == 31 + 12 + 8
     assert list(work.iterdir()) == []  # hydra wrote no outputs/.hydra/log files
+    again = _run_tool(work, f"data.root={root}", "split=val", "workers=1", "allow_failures=true",
+                      "parts=[crop,response_track,negatives,search_window]")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["num_failed"] == 2
     bad = _run_tool(work, f"data.root={root}", "no_such_key=1")
     assert bad.returncode != 0

@@ -2,6 +2,7 @@
 batched vs per-query detection pass, shard + merge, resume, failures scored empty, and the
 checkpoint mode of tools/eval_vq2d.py end to end."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from vq2d.inference.detection_pass import DetectionPass
 from vq2d.inference.evaluate import resolve_settings
 from vq2d.inference.frame_source import ClipFrames, original_size_of
 from vq2d.inference.pool import (CLIPS_DIR, DETECTIONS_DIR, clip_cost, collect_outcomes, queries_by_clip,
-                                 result_fingerprint, run_pool, run_shard, shard_clips)
+                                 run_pool, run_shard, shard_clips)
 from vq2d.inference.report import write_reports
 from vq2d.modeling.build import build_model
 
@@ -121,7 +122,7 @@ def test_shard_merge_equals_single_run_and_resume_recomputes_nothing(data, tmp_p
     queries = annotations.queries()
     summaries = run_pool(single, annotations)
     assert sum(s["clips_done"] for s in summaries) == 3
-    one = collect_outcomes(single["output_dir"], queries, result_fingerprint(single))
+    one = collect_outcomes(single["output_dir"], queries, single)
     # the same clips in two shards run one after the other, merged from their clip files
     sharded = _settings(data, tmp_path / "sharded", workers=2)
     costs = {c: clip_cost(qs) for c, qs in queries_by_clip(queries).items()}
@@ -129,7 +130,7 @@ def test_shard_merge_equals_single_run_and_resume_recomputes_nothing(data, tmp_p
     assert len(shards) == 2 and sorted(sum(shards, [])) == sorted(costs)
     for i, clips in enumerate(shards):
         run_shard({"shard": i, "clip_uids": clips, "settings": sharded, "in_process": True})
-    two = collect_outcomes(sharded["output_dir"], queries, result_fingerprint(sharded))
+    two = collect_outcomes(sharded["output_dir"], queries, sharded)
 
     def answers(outcomes):  # everything but the timings
         return {k: {f: x for f, x in v.to_dict().items() if f != "timings"} for k, v in outcomes.items()}
@@ -174,7 +175,7 @@ def test_broken_clip_and_bad_query_are_scored_empty_while_others_succeed(data, t
     annotations = load_vq_annotations(settings["annotations"], strict=False)
     assert len(annotations.problems) == 1  # the loader skips the gap query: never answered
     run_pool(settings, annotations)
-    outcomes = collect_outcomes(settings["output_dir"], annotations.queries(), result_fingerprint(settings))
+    outcomes = collect_outcomes(settings["output_dir"], annotations.queries(), settings)
     metrics = write_reports(settings, annotations, outcomes)
     rows = {r["name"]: r for r in json.loads((tmp_path / "out/per_query.json").read_text())}
     broken = [r for r in rows.values() if r["clip_uid"] == clips[0]["clip_uid"]]
@@ -232,3 +233,103 @@ def test_eval_tool_checkpoint_mode_end_to_end(data, tmp_path):
                                              test_out / "submission.json")
     assert problems == [] and num == summary["num_queries"] > 0
     assert not (test_out / "predictions.json").exists()
+
+
+def _changed_annotations(src, dst):
+    """A copy of ``src`` with the first query's visual crop moved and its query frame
+    brought forward (still after its response track); returns that query's name."""
+    ann = json.loads(Path(src).read_text())
+    clip = ann["videos"][0]["clips"][0]
+    qs = clip["annotations"][0]["query_sets"]["1"]
+    crop = qs["visual_crop"]
+    crop["x"] = max(0.0, min(crop["x"] + 9.0, crop["original_width"] - crop["width"] - 1))
+    crop["y"] = max(0.0, crop["y"] - 7.0)
+    last = max(b["frame_number"] for b in qs["response_track"])
+    assert qs["query_frame"] > last + 2
+    qs["query_frame"] = last + 2
+    Path(dst).write_text(json.dumps(ann))
+    return f"{clip['clip_uid']}_0_1"
+
+
+def _evaluate(settings):
+    annotations = load_vq_annotations(settings["annotations"])
+    summaries = run_pool(settings, annotations)
+    metrics = write_reports(settings, annotations, collect_outcomes(settings["output_dir"], annotations.queries(),
+                                                                    settings))
+    rows = json.loads((Path(settings["output_dir"]) / "per_query.json").read_text())
+    return summaries, metrics, rows
+
+
+def test_rerun_with_changed_annotations_equals_a_fresh_folder_and_says_why(data, tmp_path, caplog):
+    a1 = data / "data/v2/annotations/vq_val.json"
+    a2 = tmp_path / "vq_val_changed.json"
+    changed = _changed_annotations(a1, a2)
+    out = tmp_path / "out"
+    _evaluate(_settings(data, out, annotations=str(a1)))
+    with caplog.at_level("INFO"):
+        summaries, metrics, rows = _evaluate(_settings(data, out, annotations=str(a2)))
+    _, fresh_metrics, fresh_rows = _evaluate(_settings(data, tmp_path / "fresh", annotations=str(a2)))
+    assert metrics == fresh_metrics
+    # the same answers (scores up to float noise: the detection head ran on other query batches)
+    assert [{k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in r.items()} for r in rows] \
+        == fresh_rows
+    assert sum(s["clips_done"] for s in summaries) == 1  # only the changed query's clip was redone
+    clip_uid = changed.rsplit("_", 2)[0]
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"clip {clip_uid}: query 0_1's query frame changed; recomputing" in messages
+    assert f"clip {clip_uid}: query 0_1's visual crop changed; recomputing" in messages
+    assert any(m.startswith(f"{changed}.npz: cached detections made with other inputs") and "visual crop" in m
+               for m in messages)
+    # new frames in a clip file: that clip is redone, and says so
+    other = next(r["clip_uid"] for r in rows if r["clip_uid"] != clip_uid)
+    mp4 = data / "data/v2/clips" / f"{other}.mp4"
+    st = mp4.stat()
+    os.utime(mp4, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        summaries, again, _ = _evaluate(_settings(data, out, annotations=str(a2)))
+    os.utime(mp4, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sum(s["clips_done"] for s in summaries) == 1 and again == metrics
+    assert f"clip {other}: the clip file changed; recomputing" in [r.getMessage() for r in caplog.records]
+
+
+def test_checkpoint_identity_follows_the_weights_not_the_file_name(data, tmp_path):
+    from vq2d.inference.checkpoint_io import checkpoint_identity
+
+    original = data / "model_final.pth"
+    copy = tmp_path / "renamed.pth"
+    shutil.copyfile(original, copy)
+    assert checkpoint_identity(copy) == checkpoint_identity(original)
+    state = torch.load(original, weights_only=False)
+    next(iter(state["model"].values())).add_(1.0)
+    torch.save(state, copy)
+    assert checkpoint_identity(copy) != checkpoint_identity(original)
+
+
+def test_failed_queries_are_counted_in_metrics_and_the_exit_status(data, tmp_path, capsys):
+    from episodic.cli import run_one_mode
+
+    root = tmp_path / "data"
+    (root / "v2/annotations").mkdir(parents=True)
+    shutil.copytree(data / "data/v2/clips", root / "v2/clips")
+    ann = json.loads((data / "data/v2/annotations/vq_val.json").read_text())
+    broken = ann["videos"][0]["clips"][0]["clip_uid"]
+    (root / f"v2/clips/{broken}.mp4").write_bytes(b"not an mp4")
+    (root / "v2/annotations/vq_val.json").write_text(json.dumps(ann))
+    settings = _settings(data, tmp_path / "out", data={"root": str(root)})
+    _, metrics, rows = _evaluate(settings)
+    failed = sorted(r["name"] for r in rows if r["error"])
+    assert failed and metrics["num_failed"] == len(failed)
+    assert sorted(f["id"] for f in metrics["failed"]) == failed
+    assert all("unreadable video" in f["reason"] and "\n" not in f["reason"] for f in metrics["failed"])
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["num_failed"] == len(failed)
+    # the tool's ending: summary lines name them, the JSON line carries them, exit status 3
+    cfg = OmegaConf.create({"predictions": None, "checkpoint": "C", "allow_failures": False})
+    with pytest.raises(SystemExit) as e:
+        run_one_mode(cfg, {"predictions": None, "checkpoint": lambda c: metrics}, lambda m: [f"{k}" for k in m])
+    assert e.value.code == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1])["num_failed"] == len(failed)
+    assert f"FAILED: {len(failed)} queries" in lines and f"  {failed[0]}: " in "\n".join(lines)
+    cfg.allow_failures = True
+    assert run_one_mode(cfg, {"predictions": None, "checkpoint": lambda c: metrics}, lambda m: [])["num_failed"]

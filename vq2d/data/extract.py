@@ -15,6 +15,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from episodic.cli import failure_fields
 from episodic.errors import DataError
 from vq2d.data.annotations import VQAnnotationFile, load_vq_annotations
 from vq2d.data.frame_cache import FrameCache, check_frame_parts, frames_for_split
@@ -55,7 +56,10 @@ class ExtractionSummary:
     annotation_problems: list[str] = field(default_factory=list)  # malformed query sets skipped
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The counts, plus ``num_failed`` and ``failed`` ([{id: clip_uid, reason}]) as every
+        tool reports failures (episodic.cli)."""
+        counts = {k: v for k, v in asdict(self).items() if k not in ("failures", "annotation_problems")}
+        return {**counts, "annotation_problems": len(self.annotation_problems), **failure_fields(self.failures)}
 
     def format(self) -> str:
         lines = [

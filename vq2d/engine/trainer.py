@@ -268,7 +268,7 @@ def load_checkpoint(checkpointer: Checkpointer, state: TrainState, info) -> Resu
     if not same_stream:
         logger.warning("resuming with other data / processes / seed than the checkpoint (%s): the sample "
                        "stream continues differently from the interrupted run", sampler)
-    logger.info("resumed from %s at iteration %d", checkpointer.latest(), iteration)
+    logger.info("resumed from %s at iteration %d", checkpointer.loaded, iteration)
     return ResumePoint(
         iteration=iteration,
         sample_position=int(sampler["position"]) if same_stream else iteration * state.batch_per_rank,

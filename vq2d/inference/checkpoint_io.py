@@ -12,7 +12,6 @@ Accepted files:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -85,7 +84,8 @@ def load_detector(checkpoint_path: str | os.PathLike, device: torch.device | str
 
 
 def checkpoint_identity(checkpoint_path: str | os.PathLike) -> str:
-    """A short id of a checkpoint file (path, size, modification time) for cache fingerprints."""
-    path = Path(checkpoint_path).resolve()
-    st = path.stat()
-    return hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """An id of a checkpoint's CONTENT (size and a hash of its bytes) for cache keys: the
+    same weights under another name or time keep it, other weights in the same file change it."""
+    from vq2d.inference.cache_keys import file_content_id
+
+    return file_content_id(checkpoint_path)

@@ -17,6 +17,7 @@ the annotation's original pixels.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -78,10 +79,21 @@ class QueryDetections:
         """``s[t]`` = the highest score on frame t (0 without detections), ``[T]`` float64."""
         return np.where(self.counts > 0, self.scores[:, 0], 0.0).astype(np.float64) if self.num_frames else np.zeros(0)
 
-    def save(self, path: str | os.PathLike, fingerprint: str = "") -> None:
-        """Write an ``.npz`` atomically (``fingerprint`` names the settings that made it)."""
+    def save(self, path: str | os.PathLike, fingerprint: str = "", inputs: Mapping | None = None) -> None:
+        """Write an ``.npz`` atomically (``fingerprint``: the key of the ``inputs`` that made
+        it, see :mod:`vq2d.inference.cache_keys`; the inputs are stored too, as JSON)."""
         with atomic_open(path, "wb") as f:
-            np.savez(f, boxes=self.boxes, scores=self.scores, counts=self.counts, fingerprint=np.array(fingerprint))
+            np.savez(f, boxes=self.boxes, scores=self.scores, counts=self.counts, fingerprint=np.array(fingerprint),
+                     inputs=np.array(json.dumps(inputs, sort_keys=True, default=str)))
+
+    @staticmethod
+    def load_inputs(path: str | os.PathLike) -> dict | None:
+        """The inputs stored by :meth:`save` (None when the file has none or is unreadable)."""
+        try:
+            with np.load(path) as z:
+                return json.loads(str(z["inputs"])) if "inputs" in z.files else None
+        except (OSError, KeyError, ValueError):
+            return None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["QueryDetections", str]:

@@ -22,7 +22,7 @@ from episodic.logging import setup_logging
 from vq2d.data.annotations import load_vq_annotations
 from vq2d.evaluation.scoring import CONFIG_FILE, default_annotations_path
 from vq2d.inference.checkpoint_io import checkpoint_identity
-from vq2d.inference.pool import collect_outcomes, result_fingerprint, run_pool
+from vq2d.inference.pool import collect_outcomes, run_pool
 from vq2d.inference.report import write_reports
 
 logger = logging.getLogger(__name__)
@@ -98,5 +98,5 @@ def evaluate_checkpoint(cfg: Any) -> dict:
                 len(queries), len({q.clip_uid for q in queries}), settings["checkpoint"], settings["workers"],
                 settings["launcher"]["executor"])
     run_pool(settings, annotations)
-    outcomes = collect_outcomes(out, queries, result_fingerprint(settings))
+    outcomes = collect_outcomes(out, queries, settings)
     return write_reports(settings, annotations, outcomes)

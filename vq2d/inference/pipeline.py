@@ -18,6 +18,8 @@ import numpy as np
 
 from vq2d.data.annotations import VQQuery
 from vq2d.evaluation.tracks import PredictedTrack
+from vq2d.inference.cache_keys import changes, detection_part, query_label
+from vq2d.inference.cache_keys import fingerprint as key_of
 from vq2d.inference.detection_pass import DetectionPass, QueryDetections
 from vq2d.inference.frame_source import ClipFrames
 from vq2d.inference.peaks import PeakParams, find_latest_peak
@@ -167,8 +169,10 @@ def detection_path(detections_dir: str | os.PathLike, query: VQQuery) -> Path:
     return Path(detections_dir) / f"{query.name}.npz"
 
 
-def load_cached_detections(path: Path, fingerprint: str) -> QueryDetections | None:
-    """The cached detections at ``path`` when they were made with the same settings."""
+def load_cached_detections(path: Path, fingerprint: str, inputs: Mapping | None = None,
+                           label: str = "a query") -> QueryDetections | None:
+    """The cached detections at ``path`` when they were made with the same inputs (same
+    ``fingerprint``); otherwise None, and with ``inputs`` a line saying what changed."""
     if not path.is_file():
         return None
     try:
@@ -176,22 +180,34 @@ def load_cached_detections(path: Path, fingerprint: str) -> QueryDetections | No
     except Exception as e:  # noqa: BLE001 - an unreadable cache entry is recomputed
         logger.warning("%s: %s; recomputing", path, e)
         return None
-    return detections if found == fingerprint else None
+    if found == fingerprint:
+        return detections
+    if inputs is not None:
+        reasons = changes(QueryDetections.load_inputs(path), inputs, label) or ["other inputs"]
+        logger.info("%s: cached detections made with other inputs (%s); recomputing", path.name, "; ".join(reasons))
+    return None
 
 
 def process_clip(queries: Sequence[VQQuery], *, frames: ClipFrames, detector: DetectionPass, peaks: PeakParams,
                  tracking: TrackingSettings, detections_dir: str | os.PathLike, fingerprint: str = "",
-                 reuse_detections: bool = True, progress=None) -> list[QueryOutcome]:
+                 reuse_detections: bool = True, progress=None, inputs: Mapping[str, Mapping] | None = None
+                 ) -> list[QueryOutcome]:
     """Answer every query of one clip (``queries`` all share ``frames``' clip).
 
-    Detections are read from ``detections_dir`` when cached with the same ``fingerprint``
-    (and ``reuse_detections``), else computed (all the missing queries of the clip in one
-    pass) and cached there. ``progress``: optional callable(frames done)."""
+    Detections are read from ``detections_dir`` when cached with the same key (and
+    ``reuse_detections``), else computed (all the missing queries of the clip in one pass)
+    and cached there. The key of a query is the hash of its ``inputs[query name]``
+    (:func:`vq2d.inference.cache_keys.answer_inputs`; its detection part), or
+    ``fingerprint`` for every query when no ``inputs`` are given. ``progress``: optional
+    callable(frames done)."""
+    det_inputs = {name: detection_part(v) for name, v in inputs.items()} if inputs is not None else {}
+    keys = {q.name: key_of(det_inputs[q.name]) if q.name in det_inputs else fingerprint for q in queries}
     detections: dict[str, QueryDetections] = {}
     errors: dict[str, str] = {}
     pending = []
     for q in queries:
-        cached = load_cached_detections(detection_path(detections_dir, q), fingerprint) if reuse_detections else None
+        cached = load_cached_detections(detection_path(detections_dir, q), keys[q.name], det_inputs.get(q.name),
+                                        query_label(q)) if reuse_detections else None
         if cached is not None:
             detections[q.name] = cached
         else:
@@ -207,7 +223,7 @@ def process_clip(queries: Sequence[VQQuery], *, frames: ClipFrames, detector: De
         shares.update(_pass_shares(pending, timed.seconds, time.perf_counter() - start))
         for q in pending:
             if q.name in computed:
-                computed[q.name].save(detection_path(detections_dir, q), fingerprint)
+                computed[q.name].save(detection_path(detections_dir, q), keys[q.name], det_inputs.get(q.name))
         detections.update(computed)
     outcomes = []
     for q in queries:

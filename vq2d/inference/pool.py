@@ -4,10 +4,14 @@
   searched), largest first onto the least loaded shard; each shard runs :func:`run_shard`
   as one job of ``episodic.launch.submit_array`` (local processes, or a SLURM array), one
   GPU each when there are GPUs. ``workers=1`` with the local launcher runs in-process.
-* Resume: each clip's answers go to ``OUT/clips/<clip_uid>.json`` (atomic) with a
-  fingerprint of the settings; detections to ``OUT/detections/<query>.npz``. A clip whose
-  file exists with the same fingerprint and no failed query is not redone, so a rerun
-  after a kill redoes only unfinished clips (and shards with no clip left are not started).
+* Resume: each clip's answers go to ``OUT/clips/<clip_uid>.json`` (atomic) with, per query,
+  everything the answer depends on (:mod:`vq2d.inference.cache_keys`: the checkpoint's
+  content, the clip's frames, the query's crop and query frame, the settings); detections
+  to ``OUT/detections/<query>.npz``, keyed the same way. A clip whose every query has an
+  answer made with the same inputs and no error is not redone, so a rerun after a kill
+  redoes only unfinished clips (and shards with no clip left are not started); a rerun
+  with changed annotations, weights, frames or settings redoes what they change and logs
+  one line per reason (``clip X: query 0_2's visual crop changed; recomputing``).
 * Merge: :func:`collect_outcomes` reads every clip file of the split; a clip without one
   (its shard died) has its queries reported as failed, i.e. scored as empty tracks.
 
@@ -15,8 +19,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections import defaultdict
@@ -29,6 +31,7 @@ from episodic.io import atomic_write_json, read_json
 from episodic.logging import progress, setup_logging
 from vq2d.data.annotations import VQAnnotationFile, VQQuery, load_vq_annotations
 from vq2d.data.frame_cache import FrameCache
+from vq2d.inference.cache_keys import changes, clip_answer_inputs, query_label
 from vq2d.inference.checkpoint_io import load_detector
 from vq2d.inference.detection_pass import DetectionPass
 from vq2d.inference.frame_source import ClipFrames, original_size_of
@@ -39,25 +42,7 @@ logger = logging.getLogger(__name__)
 
 CLIPS_DIR = "clips"
 DETECTIONS_DIR = "detections"
-_DETECTION_KEYS = ("frame_height", "min_size", "max_size")  # detection settings that change the detections
-
-
-def fingerprint(obj: Any) -> str:
-    """A short stable hash of JSON-able ``obj``."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def detection_fingerprint(settings: Mapping) -> str:
-    """What the cached detections depend on: the checkpoint file and the frame resizing."""
-    det = settings["detection"]
-    return fingerprint({"checkpoint": settings["checkpoint_id"], "model": settings.get("model"),
-                        **{k: det.get(k) for k in _DETECTION_KEYS}})
-
-
-def result_fingerprint(settings: Mapping) -> str:
-    """What a clip's answers depend on: the detections, peak and tracking settings."""
-    return fingerprint({"detections": detection_fingerprint(settings), "peaks": settings["peaks"],
-                        "tracking": settings["tracking"]})
+MAX_REASON_LINES = 50  # "recomputing" lines logged per run
 
 
 # Clips and shards ---------------------------------------------------------------------------
@@ -105,11 +90,31 @@ def read_clip_result(output_dir: str | os.PathLike, clip_uid: str) -> dict | Non
         return None
 
 
-def clip_done(output_dir: str | os.PathLike, clip_uid: str, result_fp: str) -> bool:
-    """The clip's answers are on disk, made with the same settings, with no failed query."""
+def clip_status(output_dir: str | os.PathLike, clip_uid: str, queries: Sequence[VQQuery],
+                settings: Mapping) -> tuple[bool, list[str]]:
+    """(done, reasons): done when every query of the clip has an answer on disk made with
+    the same inputs (:func:`vq2d.inference.cache_keys.answer_inputs`) and no error; else the
+    reasons to redo it, one per changed input (none when there is no result yet)."""
     result = read_clip_result(output_dir, clip_uid)
-    return (result is not None and result.get("fingerprint") == result_fp
-            and not any(q.get("error") for q in result.get("queries", [])))
+    if result is None:
+        return False, []
+    stored = {d.get("name"): d for d in result.get("queries", [])}
+    inputs = result.get("inputs") if isinstance(result.get("inputs"), dict) else None
+    reasons: list[str] = []
+    expected = clip_answer_inputs(settings, clip_uid, queries)
+    for q in queries:
+        label = query_label(q)
+        if inputs is None:
+            reasons += changes(None, expected[q.name])
+        elif q.name not in stored or q.name not in inputs:
+            reasons.append(f"{label} is new")
+        else:
+            reasons += changes(inputs[q.name], expected[q.name], label)
+            if stored[q.name].get("error"):
+                error = str(stored[q.name]["error"]).strip().splitlines()[0] if str(stored[q.name]["error"]).strip() else "?"
+                reasons.append(f"{label} failed last time ({error})")
+    reasons = list(dict.fromkeys(reasons))
+    return not reasons, reasons
 
 
 # One shard ------------------------------------------------------------------------------------
@@ -138,11 +143,9 @@ def run_shard(task: Mapping[str, Any]) -> dict:
         setup_logging(None)
     torch.set_num_threads(int(settings["threads_per_worker"]))
     out = Path(settings["output_dir"])
-    result_fp = result_fingerprint(settings)
-    det_fp = detection_fingerprint(settings)
     annotations = load_vq_annotations(settings["annotations"], strict=False)
     by_clip = queries_by_clip(annotations.queries())
-    todo = [c for c in task["clip_uids"] if not (settings["resume"] and clip_done(out, c, result_fp))]
+    todo = [c for c in task["clip_uids"] if not (settings["resume"] and clip_status(out, c, by_clip[c], settings)[0])]
     summary = {"shard": task["shard"], "clips_done": 0, "clips_skipped": len(task["clip_uids"]) - len(todo),
                "failed_queries": 0}
     if not todo:
@@ -156,11 +159,12 @@ def run_shard(task: Mapping[str, Any]) -> dict:
                    unit="frame")
     for clip_uid in todo:
         queries = by_clip[clip_uid]
+        inputs = clip_answer_inputs(settings, clip_uid, queries)  # before reading: what the answers are made of
         with clip_frames(settings, clip_uid, queries) as frames:
             outcomes = process_clip(queries, frames=frames, detector=detector, peaks=peaks, tracking=tracking,
-                                    detections_dir=out / DETECTIONS_DIR, fingerprint=det_fp,
+                                    detections_dir=out / DETECTIONS_DIR, inputs=inputs,
                                     reuse_detections=settings["resume"], progress=bar.update)
-        atomic_write_json(clip_result_path(out, clip_uid), {"clip_uid": clip_uid, "fingerprint": result_fp,
+        atomic_write_json(clip_result_path(out, clip_uid), {"clip_uid": clip_uid, "inputs": inputs,
                                                             "queries": [o.to_dict() for o in outcomes]})
         summary["clips_done"] += 1
         summary["failed_queries"] += sum(o.error is not None for o in outcomes)
@@ -197,10 +201,17 @@ def run_pool(settings: Mapping, annotations: VQAnnotationFile) -> list[dict]:
     """Answer every query of ``annotations`` into ``settings["output_dir"]`` (see module doc).
     Returns the shard summaries."""
     out = Path(settings["output_dir"])
-    result_fp = result_fingerprint(settings)
     by_clip = queries_by_clip(annotations.queries())
-    pending = {c: clip_cost(qs) for c, qs in by_clip.items()
-               if not (settings["resume"] and clip_done(out, c, result_fp))}
+    pending, lines = {}, []
+    for clip_uid, qs in by_clip.items():
+        done, reasons = clip_status(out, clip_uid, qs, settings) if settings["resume"] else (False, [])
+        if not done:
+            pending[clip_uid] = clip_cost(qs)
+            lines += [f"clip {clip_uid}: {reason}; recomputing" for reason in reasons]
+    for line in lines[:MAX_REASON_LINES]:
+        logger.info(line)
+    if len(lines) > MAX_REASON_LINES:
+        logger.info("... and %d more such lines", len(lines) - MAX_REASON_LINES)
     logger.info("%d clips, %d to do (%d already done)", len(by_clip), len(pending), len(by_clip) - len(pending))
     if not pending:
         return []
@@ -212,16 +223,19 @@ def run_pool(settings: Mapping, annotations: VQAnnotationFile) -> list[dict]:
 
 
 def collect_outcomes(output_dir: str | os.PathLike, queries: Sequence[VQQuery],
-                     result_fp: str | None = None) -> dict[str, QueryOutcome]:
+                     settings: Mapping | None = None) -> dict[str, QueryOutcome]:
     """Query name -> outcome for every query, from the clip result files; queries without a
-    result (or, when ``result_fp`` is given, with one made with other settings) are
-    reported as failed."""
+    result (or, when ``settings`` are given, with one made from other inputs) are reported
+    as failed."""
     results: dict[str, QueryOutcome] = {}
     for clip_uid, clip_queries in queries_by_clip(queries).items():
         found = read_clip_result(output_dir, clip_uid) or {"queries": []}
-        if result_fp is not None and found.get("fingerprint", result_fp) != result_fp:
-            found = {"queries": []}
         stored = {d["name"]: QueryOutcome.from_dict(d) for d in found["queries"]}
+        if settings is not None:
+            made_with = found.get("inputs") if isinstance(found.get("inputs"), dict) else {}
+            expected = clip_answer_inputs(settings, clip_uid, clip_queries)
+            stored = {name: o for name, o in stored.items()
+                      if name in expected and not changes(made_with.get(name), expected[name])}
         for q in clip_queries:
             results[q.name] = stored.get(q.name) or QueryOutcome.failed(
                 q, f"no result for clip {clip_uid} (its shard failed or was killed; see the submitit logs)")

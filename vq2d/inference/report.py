@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from episodic.cli import failure_fields
 from episodic.errors import DataError
 from episodic.io import atomic_write_json, read_json
 from vq2d.data.annotations import VQAnnotationFile, VQQuery
@@ -123,6 +124,7 @@ def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Ma
         metrics["num_skipped"] = len(skipped)
         metrics["skipped_queries"] = skipped
     metrics["timings_s"] = timing_totals(outcomes)
+    metrics.update(failure_fields((q.name, outcomes[q.name].error) for q in failed))  # exit status 3 when any
     atomic_write_json(out / METRICS_FILE, metrics, indent=2)
     results = scores.results if scores is not None else None
     atomic_write_json(out / DIAGNOSTICS_FILE, diagnostics(queries, outcomes, results), indent=1)
