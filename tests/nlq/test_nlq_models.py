@@ -1,4 +1,4 @@
-"""NLQ models (VSLNet, ReLER), shared layers and span decoding on tiny generated batches."""
+"""NLQ models (VSLNet, ReLER, ReLER ours), shared layers and span decoding on tiny generated batches."""
 import math
 
 import pytest
@@ -12,7 +12,7 @@ from nlq.models.spans import decode_windows, merge_windows, topk_span_indices
 QUERIES = ["Where did I put the knife?", "what did I cut on the board", "#C C picks a cup", "where is the red cup?"]
 FEATURE_DIMS = [6, 4]
 TINY = {"hidden_dim": 16, "num_heads": 2, "max_len": 32, "num_conv_layers": 2}
-MODEL_NAMES = ["vslnet", "reler"]
+MODEL_NAMES = ["vslnet", "reler", "reler_ours"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def make_batch(encoder, lengths=(12, 5, 3), num_steps=14, seed=1):
 
 
 def logits_of(model, batch):
-    if model.__class__.__name__ == "ReLER":
+    if hasattr(model, "chunk_counts"):  # the ReLERs
         return model.compute_outputs(batch, num_chunks=3)
     return model.compute_outputs(batch)
 
@@ -125,7 +125,7 @@ def test_training_losses_and_backward(name, encoder_cfg):
     batch = make_batch(model.text_encoder)
     losses = model(batch)
     expected = {"loss", "span_loss", "highlight_loss"}
-    if name == "reler":
+    if name.startswith("reler"):
         expected |= {"saliency_loss", "chunk_loss", "contrastive_loss"}
     assert set(losses) == expected
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
@@ -154,12 +154,14 @@ def test_eval_windows(name, encoder_cfg):
         assert len(windows) == len(scores) == 5
         assert all(0.0 <= s < e <= duration + 1e-9 for s, e in windows)
         assert scores == sorted(scores, reverse=True)
-    assert len({tuple(w) for w in results[0]["windows"]}) == 5  # distinct windows on a long clip
+    if getattr(model, "unique_windows", True):  # released ReLER keeps repeats (tests/nlq/test_nlq_reler.py)
+        assert len({tuple(w) for w in results[0]["windows"]}) == 5  # distinct windows on a long clip
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_padding_does_not_change_outputs(name, encoder_cfg):
-    model = make_model(name, encoder_cfg, dropout=0.0).eval()
+    # released ReLER chunks the padded batch length: per-sample chunking is padding-free
+    model = make_model(name, encoder_cfg, dropout=0.0, **({"chunking": "sample"} if name == "reler" else {})).eval()
     batch = make_batch(model.text_encoder)
     noisy = dict(batch)
     mask = batch["video_mask"]
@@ -197,7 +199,8 @@ def _same_results(a, b):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_adamw_steps_lower_the_loss(name, encoder_cfg):
-    model = make_model(name, encoder_cfg, dropout=0.0).train()
+    extra = {"input_dropout": 0.0, "predictor_dropout": 0.0} if name == "reler" else {}  # its other dropouts
+    model = make_model(name, encoder_cfg, dropout=0.0, **extra).train()
     batch = make_batch(model.text_encoder, lengths=(10, 7))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     torch.manual_seed(0)
