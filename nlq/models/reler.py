@@ -77,6 +77,22 @@ def chunk_holds(bounds: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return (step[:, None] >= bounds[:, :-1]) & (step[:, None] < bounds[:, 1:])
 
 
+def scale_candidates(heads, encoded: dict, chunk_counts: Sequence[int], batch: dict, k: int,
+                     max_span_len: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample, the top-k spans of every scale: windows [len(chunk_counts) * k', 2] in seconds
+    and their scores, scale by scale. heads(encoded, K) -> {"start_logits", "end_logits"} [B, T]."""
+    lengths = valid_lengths(batch["video_mask"])
+    candidates = [([], []) for _ in lengths]
+    for num_chunks in chunk_counts:
+        out = heads(encoded, num_chunks)
+        for b, n in enumerate(lengths):
+            windows, scores = sample_windows(out["start_logits"][b], out["end_logits"][b], n,
+                                             float(batch["duration"][b]), k, max_span_len)
+            candidates[b][0].append(windows)
+            candidates[b][1].append(scores)
+    return [(torch.cat(windows), torch.cat(scores)) for windows, scores in candidates]
+
+
 @register_model("reler")
 class ReLER(nn.Module):
     def __init__(
@@ -162,7 +178,7 @@ class ReLER(nn.Module):
         position = sine_positions(chunk_mask, d).to(chunks.dtype)
         chunks, text = self.cross_encoder(chunks, chunk_mask, position, text, text_mask)
         gate_logits = self.chunk_gate(chunks, chunk_mask)  # [B*K]
-        chunks = chunks * gate_logits.sigmoid().to(chunks.dtype)[:, None, None] + 0.0 * text.sum()
+        chunks = chunks * gate_logits.sigmoid().to(chunks.dtype)[:, None, None] + 0.0 * text.mean()  # DDP: text used
         # scatter the chunks back onto the time axis (they partition the valid steps)
         rows = (torch.arange(b, device=video.device)[:, None, None] * t + index).view(-1)[valid.view(-1)]
         features = chunks.new_zeros(b * t, d)
@@ -207,20 +223,9 @@ class ReLER(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict) -> list[dict]:
         """Top ``candidates_per_scale`` spans of every K, pooled per sample, best ``num_windows``."""
-        encoded = self.encode(batch)
-        lengths = valid_lengths(batch["video_mask"])
-        candidates = [([], []) for _ in lengths]
-        for num_chunks in self.chunk_counts:
-            out = self.heads(encoded, num_chunks)
-            for b, n in enumerate(lengths):
-                windows, scores = sample_windows(out["start_logits"][b], out["end_logits"][b], n,
-                                                 float(batch["duration"][b]), self.candidates_per_scale,
-                                                 self.max_span_len)
-                candidates[b][0].append(windows)
-                candidates[b][1].append(scores)
         results = []
-        for windows, scores in candidates:
-            windows, scores = torch.cat(windows), torch.cat(scores)
+        for windows, scores in scale_candidates(self.heads, self.encode(batch), self.chunk_counts, batch,
+                                                self.candidates_per_scale, self.max_span_len):
             if self.unique_windows:
                 windows, scores = merge_windows(windows, scores, self.num_windows)
             else:  # released: the best by score, repeats included

@@ -24,7 +24,8 @@ from nlq.models import losses
 from nlq.models.layers import (CoAttentionLayer, ConditionedSpanPredictor, HighlightLayer, VideoQueryFusion,
                                masked_mean)
 from nlq.models.registry import register_model
-from nlq.models.spans import merge_windows, padded_result, sample_windows, valid_lengths
+from nlq.models.reler import chunk_holds, scale_candidates
+from nlq.models.spans import merge_windows, padded_result
 
 TEMPORAL_CHANNELS = 2  # (t/N, (t+1)/N) appended to the video features
 
@@ -61,11 +62,6 @@ def chunk_layout(video_mask: torch.Tensor, num_chunks: int) -> tuple[torch.Tenso
     index = (bounds[:, :-1, None] + slots).clamp(max=t - 1)
     valid = slots < lengths[..., None]
     return index, valid, bounds
-
-
-def chunk_holds(bounds: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """[B, K] True where chunk k (steps [bounds[k], bounds[k+1])) contains step [B]."""
-    return (step[:, None] >= bounds[:, :-1]) & (step[:, None] < bounds[:, 1:])
 
 
 @register_model("reler_ours")
@@ -190,18 +186,7 @@ class ReLEROurs(nn.Module):
     @torch.no_grad()
     def predict(self, batch: dict) -> list[dict]:
         """Top-k windows of every scale K, merged per sample by score."""
-        encoded = self.encode(batch)
-        lengths = valid_lengths(batch["video_mask"])
-        candidates = [([], []) for _ in lengths]
-        for num_chunks in self.chunk_counts:
-            out = self.heads(encoded, num_chunks)
-            for b, n in enumerate(lengths):
-                windows, scores = sample_windows(out["start_logits"][b], out["end_logits"][b], n,
-                                                 float(batch["duration"][b]), self.num_windows, self.max_span_len)
-                candidates[b][0].append(windows)
-                candidates[b][1].append(scores)
-        results = []
-        for windows, scores in candidates:
-            merged = merge_windows(torch.cat(windows), torch.cat(scores), self.num_windows, self.nms_iou)
-            results.append(padded_result(*merged, self.num_windows))
-        return results
+        candidates = scale_candidates(self.heads, self.encode(batch), self.chunk_counts, batch, self.num_windows,
+                                      self.max_span_len)
+        return [padded_result(*merge_windows(windows, scores, self.num_windows, self.nms_iou), self.num_windows)
+                for windows, scores in candidates]
