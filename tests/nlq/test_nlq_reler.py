@@ -216,3 +216,16 @@ def test_bad_settings_are_errors():
         make_model(chunk_counts=[0, 2])
     with pytest.raises(ValueError, match="num_input_layers"):
         make_model(num_input_layers=4)
+
+
+def test_shipped_config_holds_the_released_settings():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "nlq" / "model" / "reler.yaml")
+    released = {"hidden_dim": 256, "max_len": 600, "num_cross_layers": 3, "dropout": 0.1, "contrastive_dim": 64,
+                "input_dropout": 0.5, "predictor_dropout": 0.2, "num_input_layers": 2, "cross_ffn_dim": 1024,
+                "highlight_weight": 20.0, "chunk_counts": [2, 3, 4, 5, 6], "chunking": "batch",
+                "unique_windows": False, "candidates_per_scale": 5, "temperature": 0.07, "saliency_margin": 0.2}
+    assert {k: OmegaConf.to_container(cfg)[k] for k in released} == released
