@@ -1,6 +1,5 @@
-"""ReLER's training augmentations of one NLQ sample (docs/nlq.md#reler): variable-length
-sliding window crop and video splicing, as released in NaQ (``style: released``, the default)
-or by this toolkit's rules (``style: ours``).
+"""ReLER's training augmentations of one NLQ sample as released in NaQ (docs/nlq.md#reler):
+variable-length sliding window crop and video splicing.
 
 They act on a sample BEFORE pooling to max_len: clip features ``[T, D]``, the GT window
 (seconds) and the duration (seconds). The N steps of a sample are taken to span its
@@ -84,12 +83,6 @@ def _check_prob(name: str, prob: float) -> None:
         raise ValueError(f"{name}: prob must be in [0, 1] (got {prob})")
 
 
-def _window_offset(rng: np.random.Generator, first: int, last: int, length: int, num_steps: int) -> int:
-    """Uniform start of a run of ``length`` steps inside ``[0, T)`` containing steps ``first..last``."""
-    low, high = max(0, last + 1 - length), min(first, num_steps - length)
-    return int(rng.integers(low, high + 1))
-
-
 class SlidingWindowCrop:
     """Variable-length sliding window crop as released (``--use_sw 1 --sw_len_ratio 0.4 0.8``).
 
@@ -168,90 +161,6 @@ def _draw_donor(augmentation, sample: AugmentSample, rng: np.random.Generator,
     return donor.to(sample.features.dtype)
 
 
-class SlidingWindowCropOurs:
-    """Variable-length sliding window crop, this toolkit's rule (``style: ours``).
-
-    With probability ``prob``: draw ``ratio ~ U(min_ratio, max_ratio)`` and keep a
-    contiguous run of ``L = max(round(ratio * T), GT steps)`` steps (at most T) placed
-    uniformly among the runs that contain every step overlapping the GT window; window and
-    duration are shifted / shortened accordingly (``duration' = L * duration / T``).
-
-    Args:
-        prob: probability of cropping a sample.
-        min_ratio, max_ratio: bounds of the kept fraction of the steps.
-    """
-
-    def __init__(self, prob: float, min_ratio: float = 0.4, max_ratio: float = 0.8):
-        _check_prob("SlidingWindowCropOurs", prob)
-        _check_ratio("SlidingWindowCropOurs", min_ratio, max_ratio, 1.0)
-        self.prob, self.min_ratio, self.max_ratio = float(prob), float(min_ratio), float(max_ratio)
-
-    def __repr__(self) -> str:
-        return f"SlidingWindowCropOurs(prob={self.prob}, min_ratio={self.min_ratio}, max_ratio={self.max_ratio})"
-
-    def __call__(self, sample: AugmentSample, rng: np.random.Generator,
-                 donors: DonorSampler | None = None) -> AugmentSample:
-        if self.prob <= 0.0 or rng.random() >= self.prob:
-            return sample
-        num_steps = sample.num_steps
-        first, last = sample.gt_steps()
-        ratio = rng.uniform(self.min_ratio, self.max_ratio)
-        length = min(max(int(round(ratio * num_steps)), last - first + 1, 1), num_steps)
-        return sample.keep(_window_offset(rng, first, last, length, num_steps), length)
-
-
-class VideoSpliceOurs:
-    """Video splicing, this toolkit's rule (``style: ours``): part of the sample is replaced by
-    features of ANOTHER training clip, joined at one end, the total length kept.
-
-    With probability ``prob`` (and a donor available): draw ``ratio ~ U(min_ratio,
-    max_ratio)``; ``n = round(ratio * T)`` steps (at most the donor's length and at most
-    ``T`` minus the GT steps) come from a uniformly placed run of the donor; the sample keeps
-    a uniformly placed run of ``T - n`` of its own steps that contains the GT steps; the donor
-    run goes before or after it (a fair coin). The result has the input's T steps and
-    duration (so the clip scale the model sees is unchanged and the pooling to max_len is
-    the same); the GT window moves with its content: by ``n - a`` steps when the donor comes
-    first, by ``-a`` when it comes last (``a``: the sample's dropped leading steps). Donor
-    steps are taken as steps of this sample (``duration / T`` seconds each), whatever the
-    donor's own rate. Crop and splice compose (crop first): a spliced crop has the crop's T.
-
-    Args:
-        prob: probability of splicing a sample.
-        min_ratio, max_ratio: bounds of the donor's share of the T steps (< 1).
-    """
-
-    def __init__(self, prob: float = 0.5, min_ratio: float = 0.2, max_ratio: float = 0.5):
-        _check_prob("VideoSpliceOurs", prob)
-        _check_ratio("VideoSpliceOurs", min_ratio, max_ratio, 0.99)
-        self.prob, self.min_ratio, self.max_ratio = float(prob), float(min_ratio), float(max_ratio)
-
-    def __repr__(self) -> str:
-        return f"VideoSpliceOurs(prob={self.prob}, min_ratio={self.min_ratio}, max_ratio={self.max_ratio})"
-
-    def __call__(self, sample: AugmentSample, rng: np.random.Generator,
-                 donors: DonorSampler | None = None) -> AugmentSample:
-        if self.prob <= 0.0 or donors is None or rng.random() >= self.prob:
-            return sample
-        donor = _draw_donor(self, sample, rng, donors)  # [T', D]
-        if donor is None:
-            return sample
-        num_steps = sample.num_steps
-        first, last = sample.gt_steps()
-        ratio = rng.uniform(self.min_ratio, self.max_ratio)
-        spliced = min(int(round(ratio * num_steps)), donor.shape[0], num_steps - (last - first + 1))
-        if spliced <= 0:
-            return sample
-        own = num_steps - spliced
-        kept = sample.keep(_window_offset(rng, first, last, own, num_steps), own)
-        donor_offset = int(rng.integers(0, donor.shape[0] - spliced + 1))
-        part = donor[donor_offset:donor_offset + spliced]  # [n, D]
-        if rng.random() < 0.5:  # donor after the sample's own steps
-            return AugmentSample(torch.cat([kept.features, part]), kept.window, sample.duration)
-        shift = spliced * sample.step_sec
-        window = (min(kept.window[0] + shift, sample.duration), min(kept.window[1] + shift, sample.duration))
-        return AugmentSample(torch.cat([part, kept.features]), window, sample.duration)
-
-
 def apply_augmentations(augmentations: Sequence[Augmentation] | None, sample: AugmentSample,
                         rng: np.random.Generator, donors: DonorSampler | None = None) -> AugmentSample:
     """Apply ``augmentations`` in order (None or empty: ``sample`` unchanged)."""
@@ -260,14 +169,10 @@ def apply_augmentations(augmentations: Sequence[Augmentation] | None, sample: Au
     return sample
 
 
-AUGMENT_STYLES = ("released", "ours")
-
 AUGMENT_DEFAULTS: dict = {
-    "style": "released",         # released: NaQ's ReLER rules; ours: this toolkit's (docs/nlq.md#reler)
-    "crop_prob": 0.0,            # probability of the variable-length sliding window crop (released ReLER: 1.0)
-    "crop_ratio": [0.4, 0.8],    # kept fraction of the steps ~ U(min, max) (GT always kept)
-    "splice_prob": 0.0,          # probability of video splicing (released ReLER: 0.5)
-    "splice_ratio": [0.2, 0.5],  # style ours only: donor's share of the steps ~ U(min, max)
+    "crop_prob": 0.0,            # probability of the sliding window crop (released ReLER: 1.0, every sample)
+    "crop_ratio": [0.4, 0.8],    # kept fraction of the steps ~ U(min, max) (--sw_len_ratio)
+    "splice_prob": 0.0,          # probability of video splicing (released ReLER: 0.5, --vs_prob)
 }
 
 
@@ -281,22 +186,15 @@ def build_augmentations(cfg: Mapping | None) -> list[Augmentation] | None:
         raise KeyError(f"unknown config key(s) data.augment.{', '.join(sorted(unknown))} "
                        f"(known: {', '.join(AUGMENT_DEFAULTS)})")
     merged = {k: cfg.get(k) if cfg.get(k) is not None else v for k, v in AUGMENT_DEFAULTS.items()}
-    if merged["style"] not in AUGMENT_STYLES:
-        raise ValueError(f"data.augment.style must be one of {AUGMENT_STYLES} (got {merged['style']!r})")
-    for key in ("crop_ratio", "splice_ratio"):
-        if len(merged[key]) != 2:
-            raise ValueError(f"data.augment.{key} must be [min_ratio, max_ratio] (got {merged[key]!r})")
-    released = merged["style"] == "released"
+    if len(merged["crop_ratio"]) != 2:
+        raise ValueError(f"data.augment.crop_ratio must be [min_ratio, max_ratio] (got {merged['crop_ratio']!r})")
     out: list[Augmentation] = []
     if merged["crop_prob"] > 0:
-        crop = SlidingWindowCrop if released else SlidingWindowCropOurs
-        out.append(crop(float(merged["crop_prob"]), *map(float, merged["crop_ratio"])))
+        out.append(SlidingWindowCrop(float(merged["crop_prob"]), *map(float, merged["crop_ratio"])))
     if merged["splice_prob"] > 0:
-        splice_ratio = () if released else tuple(map(float, merged["splice_ratio"]))
-        out.append((VideoSplice if released else VideoSpliceOurs)(float(merged["splice_prob"]), *splice_ratio))
+        out.append(VideoSplice(float(merged["splice_prob"])))
     return out or None
 
 
-__all__ = ["AUGMENT_DEFAULTS", "AUGMENT_STYLES", "AugmentSample", "Augmentation", "DonorSampler",
-           "SlidingWindowCrop", "SlidingWindowCropOurs", "VideoSplice", "VideoSpliceOurs", "apply_augmentations",
-           "build_augmentations"]
+__all__ = ["AUGMENT_DEFAULTS", "AugmentSample", "Augmentation", "DonorSampler", "SlidingWindowCrop", "VideoSplice",
+           "apply_augmentations", "build_augmentations"]

@@ -1,6 +1,6 @@
-"""ReLER training augmentations (nlq.data.augment): sliding-window crop and video splicing as
-released in NaQ and by this toolkit's rules (style ours), their use in NLQDataset, the data
-config and one training step of ReLER on the tiny preset.
+"""ReLER training augmentations as released in NaQ (nlq.data.augment): sliding-window crop and
+video splicing, their use in NLQDataset, the data config and one training step of ReLER on the
+tiny preset.
 
 Features encode where they come from: row i of clip c is ``[c * 1000 + i, ...]``, so the rows
 under a GT window tell whether its content survived an augmentation."""
@@ -16,8 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from episodic.distributed import DistInfo
 from nlq.data.annotations import NLQQuery
-from nlq.data.augment import (AugmentSample, SlidingWindowCrop, SlidingWindowCropOurs, VideoSplice, VideoSpliceOurs,
-                              apply_augmentations, build_augmentations)
+from nlq.data.augment import AugmentSample, SlidingWindowCrop, VideoSplice, apply_augmentations, build_augmentations
 from nlq.data.dataset import NLQDataset, build_datasets, resolve_data_config
 from nlq.data.features import FeatureStore
 from nlq.data.synthetic import generate_nlq
@@ -153,84 +152,13 @@ def test_released_crop_then_splice_compose():
         assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
 
 
-# Crop, style ours ---------------------------------------------------------------------------
-def test_crop_contains_gt_keeps_its_content_and_ratio_within_bounds():
-    crop = SlidingWindowCropOurs(prob=1.0, min_ratio=0.4, max_ratio=0.8)
-    rng = np.random.default_rng(0)
-    offsets = set()
-    for _ in range(300):
-        sample = _random_sample(rng)
-        out = crop(sample, rng)
-        first, last = sample.gt_steps()
-        length = out.num_steps
-        assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
-        assert out.duration == pytest.approx(length * sample.step_sec)
-        assert out.step_sec == pytest.approx(sample.step_sec)
-        assert out.window[1] - out.window[0] == pytest.approx(sample.window[1] - sample.window[0], abs=1e-9)
-        assert torch.equal(_gt_rows(out), _gt_rows(sample))  # the GT content, step for step
-        offset = int(out.features[0, 0])  # rows encode their original step
-        offsets.add(offset)
-        assert torch.equal(out.features, sample.features[offset:offset + length])
-        assert out.window[0] == pytest.approx(sample.window[0] - offset * sample.step_sec, abs=1e-9)
-        gt_len = last - first + 1
-        if gt_len <= 0.4 * sample.num_steps - 1:  # the GT fits: the drawn ratio decides
-            assert 0.4 - 1 / sample.num_steps <= length / sample.num_steps <= 0.8 + 1 / sample.num_steps
-        else:  # enlarged to the GT's steps (at most the whole clip)
-            assert gt_len <= length <= max(gt_len, round(0.8 * sample.num_steps))
-    assert len(offsets) > 50  # the window slides
-
-
-def test_crop_enlarged_to_a_long_gt_window():
-    sample = AugmentSample(_features(100), (2.0, 48.0), 50.0)  # GT: steps 4..95 of 100
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        out = SlidingWindowCropOurs(1.0)(sample, rng)
-        assert 92 <= out.num_steps <= 96 and torch.equal(_gt_rows(out), torch.arange(4.0, 96.0))
-
-
-# Splice, style ours -------------------------------------------------------------------------
-def test_splice_keeps_gt_content_and_length_and_changes_the_rest():
-    splice = VideoSpliceOurs(prob=1.0, min_ratio=0.2, max_ratio=0.5)
-    rng = np.random.default_rng(2)
-    sides = set()
-    for _ in range(300):
-        sample = _random_sample(rng)
-        out = splice(sample, rng, _donors(num_steps=int(rng.integers(3, 150))))
-        assert out.num_steps == sample.num_steps and out.duration == sample.duration
-        assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
-        assert out.window[1] - out.window[0] == pytest.approx(sample.window[1] - sample.window[0], abs=1e-9)
-        assert torch.equal(_gt_rows(out), _gt_rows(sample))
-        donor = out.features[:, 0] >= 7000  # rows of the donor clip
-        own = out.features[~donor, 0]
-        if donor.any():
-            rows = torch.nonzero(donor).flatten()
-            assert rows[-1] - rows[0] + 1 == len(rows)  # one contiguous run...
-            assert rows[0] == 0 or rows[-1] == out.num_steps - 1  # ...at one end
-            sides.add(int(rows[0] == 0))
-            assert len(rows) <= round(0.5 * sample.num_steps)
-            assert torch.equal(own, torch.arange(own[0], own[0] + len(own)))  # own steps stay in order
-        else:  # only when the GT leaves no room
-            first, last = sample.gt_steps()
-            assert round(0.5 * sample.num_steps) == 0 or last - first + 1 >= sample.num_steps - 1
-    assert sides == {0, 1}  # donor before and after
-
-
-def test_splice_share_within_ratio_when_room():
-    sample = AugmentSample(_features(100), (24.0, 26.0), 50.0)  # GT: steps 48..51
-    rng = np.random.default_rng(3)
-    shares = [int((VideoSpliceOurs(1.0, 0.2, 0.5)(sample, rng, _donors(200)).features[:, 0] >= 7000).sum())
-              for _ in range(100)]
-    assert min(shares) >= 20 and max(shares) <= 50 and len(set(shares)) > 10
-
-
 def test_splice_without_donor_is_identity():
     sample = AugmentSample(_features(30), (3.0, 5.0), 16.0)
     rng = np.random.default_rng(0)
-    for splice in (VideoSplice(1.0), VideoSpliceOurs(1.0)):
-        assert splice(sample, rng, None) is sample
-        assert splice(sample, rng, lambda r: None) is sample
-        with pytest.raises(ValueError, match="donor features"):
-            splice(sample, rng, lambda r: torch.zeros(10, DIM + 1))
+    assert VideoSplice(1.0)(sample, rng, None) is sample
+    assert VideoSplice(1.0)(sample, rng, lambda r: None) is sample
+    with pytest.raises(ValueError, match="donor features"):
+        VideoSplice(1.0)(sample, rng, lambda r: torch.zeros(10, DIM + 1))
 
 
 # Probability, seeding, config -----------------------------------------------------------------
@@ -238,17 +166,17 @@ def test_probability_zero_is_identity_and_draws_nothing():
     sample = AugmentSample(_features(50), (3.0, 5.0), 26.0)
     rng = np.random.default_rng(4)
     state = rng.bit_generator.state
-    augs = [SlidingWindowCrop(0.0), VideoSplice(0.0), SlidingWindowCropOurs(0.0), VideoSpliceOurs(0.0)]
+    augs = [SlidingWindowCrop(0.0), VideoSplice(0.0)]
     assert apply_augmentations(augs, sample, rng, _donors()) is sample
     assert apply_augmentations(None, sample, rng, _donors()) is sample
     assert rng.bit_generator.state == state
-    for augmentation in (SlidingWindowCrop(0.5), SlidingWindowCropOurs(0.5), VideoSplice(0.5)):
+    for augmentation in (SlidingWindowCrop(0.5), VideoSplice(0.5)):
         changed = sum(augmentation(sample, rng, _donors()) is not sample for _ in range(400))
         assert 150 < changed < 250, augmentation  # p = 0.5
 
 
 def test_seeded_reproducibility():
-    augs = [SlidingWindowCrop(0.7), VideoSplice(0.7), SlidingWindowCropOurs(0.7), VideoSpliceOurs(0.7)]
+    augs = [SlidingWindowCrop(0.7), VideoSplice(0.7)]
     sample = AugmentSample(_features(120), (10.0, 20.0), 64.0)
 
     def run(seed: int) -> list[AugmentSample]:
@@ -264,14 +192,10 @@ def test_seeded_reproducibility():
 def test_build_augmentations_from_config():
     assert build_augmentations(None) is None
     assert build_augmentations({"crop_prob": 0.0, "splice_prob": 0.0}) is None
-    augs = build_augmentations({"crop_prob": 0.5, "crop_ratio": [0.3, 0.6], "splice_prob": 0.25, "splice_ratio": None})
-    assert [type(a) for a in augs] == [SlidingWindowCrop, VideoSplice]  # style released by default
+    augs = build_augmentations({"crop_prob": 0.5, "crop_ratio": [0.3, 0.6], "splice_prob": 0.25})
+    assert [type(a) for a in augs] == [SlidingWindowCrop, VideoSplice]
     assert (augs[0].prob, augs[0].min_ratio, augs[0].max_ratio, augs[1].prob) == (0.5, 0.3, 0.6, 0.25)
-    augs = build_augmentations({"style": "ours", "crop_prob": 0.5, "splice_prob": 0.25, "splice_ratio": None})
-    assert [type(a) for a in augs] == [SlidingWindowCropOurs, VideoSpliceOurs]
-    assert (augs[1].prob, augs[1].min_ratio, augs[1].max_ratio) == (0.25, 0.2, 0.5)
-    with pytest.raises(ValueError, match="style"):
-        build_augmentations({"style": "mine", "crop_prob": 1.0})
+    assert build_augmentations({"crop_prob": 1.0, "crop_ratio": None})[0].min_ratio == 0.4  # null: the default
     with pytest.raises(KeyError, match="data.augment.crop"):
         build_augmentations({"crop": 0.5})
     with pytest.raises(ValueError, match="min_ratio"):
@@ -308,10 +232,10 @@ def _queries() -> list[NLQQuery]:
     return out
 
 
-@pytest.mark.parametrize("max_len", [16, 128])  # pooled and not pooled
+@pytest.mark.parametrize("max_len", [16, 256])  # pooled and not pooled (a splice adds at most 80 steps)
 def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
     store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
-    augs = [SlidingWindowCropOurs(0.5), VideoSpliceOurs(0.5)]
+    augs = [SlidingWindowCrop(0.5), VideoSplice(0.5)]
     dataset = NLQDataset(_queries(), store, max_len=max_len, train=True, seed=0, augmentations=augs)
     plain = NLQDataset(_queries(), store, max_len=max_len, train=True, seed=0)
     durations, donor_seen = set(), False
@@ -325,7 +249,7 @@ def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
             assert sample["highlight_label"].shape == (steps,)
             assert sample["highlight_label"][sample["start_label"]:sample["end_label"] + 1].all()
             durations.add(round(sample["duration"], 6))
-            if max_len == 128:  # not pooled: GT rows are the query's clip's own steps
+            if max_len == 256:  # not pooled: GT rows are the query's clip's own steps
                 clip = list(CLIP_STEPS).index(dataset.queries[index].clip_uid) + 1
                 first, last = AugmentSample(sample["video"], (start, end), sample["duration"]).gt_steps()
                 assert (sample["video"][first:last + 1, 0] // 1000 == clip).all()
@@ -341,7 +265,7 @@ def test_dataset_single_clip_has_no_donor(feature_root):
     store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
     queries = [q for q in _queries() if q.clip_uid == "c2"]
     dataset = NLQDataset(queries, store, max_len=128, train=True, seed=0,
-                         augmentations=[VideoSplice(1.0), VideoSpliceOurs(1.0)])
+                         augmentations=[VideoSplice(1.0)])
     assert all((dataset[i]["video"][:, 0] // 1000 == 2).all() for i in range(len(dataset)) for _ in range(3))
 
 
@@ -373,7 +297,7 @@ def _train_config(*overrides: str):
 def test_presets_turn_augmentations_on_for_reler_only():
     for preset in ("tiny", "paper"):
         reler = resolve_train_config(_train_config(f"preset={preset}", "model=reler"))
-        assert reler.data.augment.crop_prob > 0 and reler.data.augment.splice_prob == 0.5
+        assert reler.data.augment.crop_prob == 1.0 and reler.data.augment.splice_prob == 0.5  # as released
         assert list(reler.data.augment.crop_ratio) == [0.4, 0.8]
         assert resolve_train_config(reler) == reler  # idempotent
         vslnet = resolve_train_config(_train_config(f"preset={preset}", "model=vslnet"))
