@@ -1,5 +1,5 @@
-"""ReLER's training augmentations of one NLQ sample (DESIGN 6.4): variable-length sliding
-window crop and video splicing.
+"""ReLER's training augmentations of one NLQ sample as released in NaQ (docs/nlq.md#reler):
+variable-length sliding window crop and video splicing.
 
 They act on a sample BEFORE pooling to max_len: clip features ``[T, D]``, the GT window
 (seconds) and the duration (seconds). The N steps of a sample are taken to span its
@@ -8,6 +8,7 @@ duration evenly, each ``step_sec = duration / T`` long (the geometry of
 ``[a * step_sec, (a + L) * step_sec]``; windows and durations are shifted and scaled by
 whole steps, and the features under the GT window are those under the original window.
 Start / end / highlight labels are computed afterwards from the new window and duration.
+(The release shifts by a fixed 16/30 s per step, the step of its 1.875 Hz features.)
 
 Every draw comes from the explicit ``numpy.random.Generator`` passed in; a probability of 0
 draws nothing (the sample and the generator's stream are left as they are).
@@ -82,26 +83,19 @@ def _check_prob(name: str, prob: float) -> None:
         raise ValueError(f"{name}: prob must be in [0, 1] (got {prob})")
 
 
-def _window_offset(rng: np.random.Generator, first: int, last: int, length: int, num_steps: int) -> int:
-    """Uniform start of a run of ``length`` steps inside ``[0, T)`` containing steps ``first..last``."""
-    low, high = max(0, last + 1 - length), min(first, num_steps - length)
-    return int(rng.integers(low, high + 1))
-
-
 class SlidingWindowCrop:
-    """Variable-length sliding window crop (ReLER).
+    """Variable-length sliding window crop as released (``--use_sw 1 --sw_len_ratio 0.4 0.8``).
 
-    With probability ``prob``: draw ``ratio ~ U(min_ratio, max_ratio)`` and keep a
-    contiguous run of ``L = max(round(ratio * T), GT steps)`` steps (at most T) placed
-    uniformly among the runs that contain every step overlapping the GT window; window and
-    duration are shifted / shortened accordingly (``duration' = L * duration / T``).
-
-    Args:
-        prob: probability of cropping a sample.
-        min_ratio, max_ratio: bounds of the kept fraction of the steps.
+    With probability ``prob`` (released: every training sample): GT steps
+    ``s = floor(min(start / D, 1) * (T - 1))``, ``e = ceil(min(end / D, 1) * (T - 1))``;
+    ``L = int(T * U(min_ratio, max_ratio))``; if ``L <= e - s + 1`` it becomes T when the GT
+    spans the clip, else a uniform integer in ``[e - s + 1, T - 1]``; the kept run
+    ``[a, a + L)`` starts at a uniform integer ``a`` in ``[max(0, e - L), min(s, T - L))``, or
+    at ``min(s, T - L)`` when that range is empty. (As released, ``a = e - L`` leaves step e
+    out of the run; the window is then clipped to the run.)
     """
 
-    def __init__(self, prob: float, min_ratio: float = 0.4, max_ratio: float = 0.8):
+    def __init__(self, prob: float = 1.0, min_ratio: float = 0.4, max_ratio: float = 0.8):
         _check_prob("SlidingWindowCrop", prob)
         _check_ratio("SlidingWindowCrop", min_ratio, max_ratio, 1.0)
         self.prob, self.min_ratio, self.max_ratio = float(prob), float(min_ratio), float(max_ratio)
@@ -111,68 +105,60 @@ class SlidingWindowCrop:
 
     def __call__(self, sample: AugmentSample, rng: np.random.Generator,
                  donors: DonorSampler | None = None) -> AugmentSample:
-        if self.prob <= 0.0 or rng.random() >= self.prob:
+        if self.prob <= 0.0 or (self.prob < 1.0 and rng.random() >= self.prob):
             return sample
-        num_steps = sample.num_steps
-        first, last = sample.gt_steps()
-        ratio = rng.uniform(self.min_ratio, self.max_ratio)
-        length = min(max(int(round(ratio * num_steps)), last - first + 1, 1), num_steps)
-        return sample.keep(_window_offset(rng, first, last, length, num_steps), length)
+        num_steps, duration = sample.num_steps, sample.duration
+        first = int(math.floor(min(sample.window[0] / duration, 1.0) * (num_steps - 1)))
+        last = int(math.ceil(min(sample.window[1] / duration, 1.0) * (num_steps - 1)))
+        gt_len = last - first + 1
+        length = int(num_steps * rng.uniform(self.min_ratio, self.max_ratio))
+        if length <= gt_len:
+            length = num_steps if gt_len >= num_steps else int(rng.integers(gt_len, num_steps))
+        low, high = max(0, last - length), min(first, num_steps - length)
+        offset = int(rng.integers(low, high)) if num_steps > length and low < high else high
+        return sample.keep(offset, min(offset + length, num_steps) - offset)
 
 
 class VideoSplice:
-    """Video splicing (ReLER), as interpreted here: part of the sample is replaced by
-    features of ANOTHER training clip, joined at one end, the total length kept.
-
-    With probability ``prob`` (and a donor available): draw ``ratio ~ U(min_ratio,
-    max_ratio)``; ``n = round(ratio * T)`` steps (at most the donor's length and at most
-    ``T`` minus the GT steps) come from a uniformly placed run of the donor; the sample keeps
-    a uniformly placed run of ``T - n`` of its own steps that contains the GT steps; the donor
-    run goes before or after it (a fair coin). The result has the input's T steps and
-    duration (so the clip scale the model sees is unchanged and the pooling to max_len is
-    the same); the GT window moves with its content: by ``n - a`` steps when the donor comes
-    first, by ``-a`` when it comes last (``a``: the sample's dropped leading steps). Donor
-    steps are taken as steps of this sample (``duration / T`` seconds each), whatever the
-    donor's own rate. Crop and splice compose (crop first): a spliced crop has the crop's T.
-
-    Args:
-        prob: probability of splicing a sample.
-        min_ratio, max_ratio: bounds of the donor's share of the T steps (< 1).
+    """Video splicing as released (``--use_vs 1 --vs_prob 0.5``): with probability ``prob`` the
+    whole sample is inserted into a donor clip, at a uniform step ``k`` in ``[1, T' - 2]`` of
+    the donor's T' steps: features ``donor[:k] + sample + donor[k:]``, the window moved by k
+    steps, the duration grown to ``(T + T') * step_sec`` (donor steps count as steps of this
+    sample). Donors of fewer than 3 steps leave the sample as it is.
     """
 
-    def __init__(self, prob: float = 0.5, min_ratio: float = 0.2, max_ratio: float = 0.5):
+    def __init__(self, prob: float = 0.5):
         _check_prob("VideoSplice", prob)
-        _check_ratio("VideoSplice", min_ratio, max_ratio, 0.99)
-        self.prob, self.min_ratio, self.max_ratio = float(prob), float(min_ratio), float(max_ratio)
+        self.prob = float(prob)
 
     def __repr__(self) -> str:
-        return f"VideoSplice(prob={self.prob}, min_ratio={self.min_ratio}, max_ratio={self.max_ratio})"
+        return f"VideoSplice(prob={self.prob})"
 
     def __call__(self, sample: AugmentSample, rng: np.random.Generator,
                  donors: DonorSampler | None = None) -> AugmentSample:
         if self.prob <= 0.0 or donors is None or rng.random() >= self.prob:
             return sample
-        donor = donors(rng)  # [T', D]
-        if donor is None or donor.shape[0] == 0:
+        donor = _draw_donor(self, sample, rng, donors)
+        if donor is None or donor.shape[0] < 3:
             return sample
-        if donor.ndim != 2 or donor.shape[1] != sample.features.shape[1]:
-            raise ValueError(f"VideoSplice: donor features {tuple(donor.shape)} do not match the sample's "
-                             f"{tuple(sample.features.shape)}")
-        num_steps = sample.num_steps
-        first, last = sample.gt_steps()
-        ratio = rng.uniform(self.min_ratio, self.max_ratio)
-        spliced = min(int(round(ratio * num_steps)), donor.shape[0], num_steps - (last - first + 1))
-        if spliced <= 0:
-            return sample
-        own = num_steps - spliced
-        kept = sample.keep(_window_offset(rng, first, last, own, num_steps), own)
-        donor_offset = int(rng.integers(0, donor.shape[0] - spliced + 1))
-        part = donor[donor_offset:donor_offset + spliced].to(sample.features.dtype)  # [n, D]
-        if rng.random() < 0.5:  # donor after the sample's own steps
-            return AugmentSample(torch.cat([kept.features, part]), kept.window, sample.duration)
-        shift = spliced * sample.step_sec
-        window = (min(kept.window[0] + shift, sample.duration), min(kept.window[1] + shift, sample.duration))
-        return AugmentSample(torch.cat([part, kept.features]), window, sample.duration)
+        k = int(rng.integers(1, donor.shape[0] - 1))
+        step = sample.step_sec
+        features = torch.cat([donor[:k], sample.features, donor[k:]])
+        shift = k * step
+        return AugmentSample(features, (sample.window[0] + shift, sample.window[1] + shift),
+                             features.shape[0] * step)
+
+
+def _draw_donor(augmentation, sample: AugmentSample, rng: np.random.Generator,
+                donors: DonorSampler) -> torch.Tensor | None:
+    """Donor features [T', D] in the sample's dtype (None: no donor); a width mismatch is an error."""
+    donor = donors(rng)
+    if donor is None or donor.shape[0] == 0:
+        return None
+    if donor.ndim != 2 or donor.shape[1] != sample.features.shape[1]:
+        raise ValueError(f"{type(augmentation).__name__}: donor features {tuple(donor.shape)} do not match the "
+                         f"sample's {tuple(sample.features.shape)}")
+    return donor.to(sample.features.dtype)
 
 
 def apply_augmentations(augmentations: Sequence[Augmentation] | None, sample: AugmentSample,
@@ -184,10 +170,9 @@ def apply_augmentations(augmentations: Sequence[Augmentation] | None, sample: Au
 
 
 AUGMENT_DEFAULTS: dict = {
-    "crop_prob": 0.0,            # probability of the variable-length sliding window crop
-    "crop_ratio": [0.4, 0.8],    # kept fraction of the steps ~ U(min, max) (GT always kept)
-    "splice_prob": 0.0,          # probability of splicing in another clip's features
-    "splice_ratio": [0.2, 0.5],  # donor's share of the steps ~ U(min, max)
+    "crop_prob": 0.0,            # probability of the sliding window crop (released ReLER: 1.0, every sample)
+    "crop_ratio": [0.4, 0.8],    # kept fraction of the steps ~ U(min, max) (--sw_len_ratio)
+    "splice_prob": 0.0,          # probability of video splicing (released ReLER: 0.5, --vs_prob)
 }
 
 
@@ -201,14 +186,13 @@ def build_augmentations(cfg: Mapping | None) -> list[Augmentation] | None:
         raise KeyError(f"unknown config key(s) data.augment.{', '.join(sorted(unknown))} "
                        f"(known: {', '.join(AUGMENT_DEFAULTS)})")
     merged = {k: cfg.get(k) if cfg.get(k) is not None else v for k, v in AUGMENT_DEFAULTS.items()}
-    for key in ("crop_ratio", "splice_ratio"):
-        if len(merged[key]) != 2:
-            raise ValueError(f"data.augment.{key} must be [min_ratio, max_ratio] (got {merged[key]!r})")
+    if len(merged["crop_ratio"]) != 2:
+        raise ValueError(f"data.augment.crop_ratio must be [min_ratio, max_ratio] (got {merged['crop_ratio']!r})")
     out: list[Augmentation] = []
     if merged["crop_prob"] > 0:
         out.append(SlidingWindowCrop(float(merged["crop_prob"]), *map(float, merged["crop_ratio"])))
     if merged["splice_prob"] > 0:
-        out.append(VideoSplice(float(merged["splice_prob"]), *map(float, merged["splice_ratio"])))
+        out.append(VideoSplice(float(merged["splice_prob"])))
     return out or None
 
 

@@ -1,5 +1,6 @@
-"""ReLER training augmentations (nlq.data.augment): sliding-window crop, video splicing, their
-use in NLQDataset, the data config and one training step of ReLER on the tiny preset.
+"""ReLER training augmentations as released in NaQ (nlq.data.augment): sliding-window crop and
+video splicing, their use in NLQDataset, the data config and one training step of ReLER on the
+tiny preset.
 
 Features encode where they come from: row i of clip c is ``[c * 1000 + i, ...]``, so the rows
 under a GT window tell whether its content survived an augmentation."""
@@ -50,74 +51,105 @@ def _donors(num_steps: int = 40, clip: int = 7):
     return lambda rng: _features(num_steps, clip)
 
 
-# Crop ---------------------------------------------------------------------------------------
-def test_crop_contains_gt_keeps_its_content_and_ratio_within_bounds():
-    crop = SlidingWindowCrop(prob=1.0, min_ratio=0.4, max_ratio=0.8)
+class ScriptedRng:
+    """Stands in for numpy's Generator: returns the scripted ``uniform`` / ``integers`` values
+    in order and records the ``integers`` ranges asked for."""
+
+    def __init__(self, uniforms=(), integers=(), randoms=()):
+        self.uniforms, self.integers_out, self.randoms = list(uniforms), list(integers), list(randoms)
+        self.ranges = []
+
+    def uniform(self, low, high):
+        value = self.uniforms.pop(0)
+        assert low <= value <= high
+        return value
+
+    def integers(self, low, high):
+        self.ranges.append((low, high))
+        value = self.integers_out.pop(0)
+        assert low <= value < high
+        return value
+
+    def random(self):
+        return self.randoms.pop(0)
+
+
+# Crop and splice as released --------------------------------------------------------------------
+def test_released_crop_hand_cases():
+    # T = 100 steps of 0.5 s; GT (10, 20) s: s = floor(0.2 * 99) = 19, e = ceil(0.4 * 99) = 40
+    sample = AugmentSample(_features(100), (10.0, 20.0), 50.0)
+    rng = ScriptedRng(uniforms=[0.5], integers=[7])
+    out = SlidingWindowCrop()(sample, rng)  # L = int(100 * 0.5) = 50, a ~ U{max(0, 40 - 50) .. min(19, 50) - 1}
+    assert rng.ranges == [(0, 19)]
+    assert torch.equal(out.features, sample.features[7:57])
+    assert out.window == pytest.approx((6.5, 16.5)) and out.duration == pytest.approx(25.0)
+    # a long GT (s = 3, e = 96: 94 steps): L = int(100 * 0.5) = 50 is too short, so L ~ U{94 .. 99}
+    sample = AugmentSample(_features(100), (2.0, 48.0), 50.0)
+    rng = ScriptedRng(uniforms=[0.5], integers=[97, 2])
+    out = SlidingWindowCrop()(sample, rng)
+    assert rng.ranges == [(94, 100), (0, 3)] and torch.equal(out.features, sample.features[2:99])
+    assert out.window == pytest.approx((1.0, 47.0)) and out.duration == pytest.approx(48.5)
+    # the GT spans the clip: nothing to slide, the sample is kept whole
+    sample = AugmentSample(_features(40), (0.0, 20.0), 20.0)
+    out = SlidingWindowCrop()(sample, ScriptedRng(uniforms=[0.4]))
+    assert torch.equal(out.features, sample.features) and out.window == (0.0, 20.0) and out.duration == 20.0
+    # a = e - L (the range's low end) leaves step e out, as released: the window is clipped to the run
+    sample = AugmentSample(_features(10), (3.0, 5.5), 10.0)  # s = floor(0.3 * 9) = 2, e = ceil(0.55 * 9) = 5
+    rng = ScriptedRng(uniforms=[0.5], integers=[0])  # L = 5, a ~ U{0, 1}
+    out = SlidingWindowCrop()(sample, rng)
+    assert rng.ranges == [(0, 2)] and torch.equal(out.features, sample.features[0:5])
+    assert out.window == pytest.approx((3.0, 5.0)) and out.duration == pytest.approx(5.0)
+
+
+def test_released_crop_every_sample_ratio_and_gt_bounds():
+    crop = SlidingWindowCrop()  # prob 1: every sample, as released
     rng = np.random.default_rng(0)
-    offsets = set()
+    ratios = []
     for _ in range(300):
         sample = _random_sample(rng)
         out = crop(sample, rng)
-        first, last = sample.gt_steps()
-        length = out.num_steps
-        assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
-        assert out.duration == pytest.approx(length * sample.step_sec)
-        assert out.step_sec == pytest.approx(sample.step_sec)
-        assert out.window[1] - out.window[0] == pytest.approx(sample.window[1] - sample.window[0], abs=1e-9)
-        assert torch.equal(_gt_rows(out), _gt_rows(sample))  # the GT content, step for step
-        offset = int(out.features[0, 0])  # rows encode their original step
-        offsets.add(offset)
+        num_steps = sample.num_steps
+        first = int(np.floor(min(sample.window[0] / sample.duration, 1.0) * (num_steps - 1)))
+        last = int(np.ceil(min(sample.window[1] / sample.duration, 1.0) * (num_steps - 1)))
+        offset, length = int(out.features[0, 0]), out.num_steps
         assert torch.equal(out.features, sample.features[offset:offset + length])
-        assert out.window[0] == pytest.approx(sample.window[0] - offset * sample.step_sec, abs=1e-9)
-        gt_len = last - first + 1
-        if gt_len <= 0.4 * sample.num_steps - 1:  # the GT fits: the drawn ratio decides
-            assert 0.4 - 1 / sample.num_steps <= length / sample.num_steps <= 0.8 + 1 / sample.num_steps
-        else:  # enlarged to the GT's steps (at most the whole clip)
-            assert gt_len <= length <= max(gt_len, round(0.8 * sample.num_steps))
-    assert len(offsets) > 50  # the window slides
-
-
-def test_crop_enlarged_to_a_long_gt_window():
-    sample = AugmentSample(_features(100), (2.0, 48.0), 50.0)  # GT: steps 4..95 of 100
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        out = SlidingWindowCrop(1.0)(sample, rng)
-        assert 92 <= out.num_steps <= 96 and torch.equal(_gt_rows(out), torch.arange(4.0, 96.0))
-
-
-# Splice -------------------------------------------------------------------------------------
-def test_splice_keeps_gt_content_and_length_and_changes_the_rest():
-    splice = VideoSplice(prob=1.0, min_ratio=0.2, max_ratio=0.5)
-    rng = np.random.default_rng(2)
-    sides = set()
-    for _ in range(300):
-        sample = _random_sample(rng)
-        out = splice(sample, rng, _donors(num_steps=int(rng.integers(3, 150))))
-        assert out.num_steps == sample.num_steps and out.duration == sample.duration
+        assert out.duration == pytest.approx(length * sample.step_sec)
         assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
-        assert out.window[1] - out.window[0] == pytest.approx(sample.window[1] - sample.window[0], abs=1e-9)
-        assert torch.equal(_gt_rows(out), _gt_rows(sample))
-        donor = out.features[:, 0] >= 7000  # rows of the donor clip
-        own = out.features[~donor, 0]
-        if donor.any():
-            rows = torch.nonzero(donor).flatten()
-            assert rows[-1] - rows[0] + 1 == len(rows)  # one contiguous run...
-            assert rows[0] == 0 or rows[-1] == out.num_steps - 1  # ...at one end
-            sides.add(int(rows[0] == 0))
-            assert len(rows) <= round(0.5 * sample.num_steps)
-            assert torch.equal(own, torch.arange(own[0], own[0] + len(own)))  # own steps stay in order
-        else:  # only when the GT leaves no room
-            first, last = sample.gt_steps()
-            assert round(0.5 * sample.num_steps) == 0 or last - first + 1 >= sample.num_steps - 1
-    assert sides == {0, 1}  # donor before and after
+        assert offset <= first and last <= offset + length  # the GT steps, but possibly step e itself
+        if last - first + 1 < int(0.4 * num_steps):
+            assert int(0.4 * num_steps) <= length <= int(0.8 * num_steps)
+            ratios.append(length / num_steps)
+    assert min(ratios) < 0.45 and max(ratios) > 0.75
 
 
-def test_splice_share_within_ratio_when_room():
-    sample = AugmentSample(_features(100), (24.0, 26.0), 50.0)  # GT: steps 48..51
+def test_released_splice_inserts_the_sample_into_the_donor():
+    sample = AugmentSample(_features(10), (1.0, 3.0), 5.0)  # 0.5 s steps
+    rng = ScriptedRng(randoms=[0.2], integers=[2])
+    out = VideoSplice(0.5)(sample, rng, _donors(num_steps=6))
+    assert rng.ranges == [(1, 5)]  # k ~ U{1 .. T' - 2}
+    assert out.features[:, 0].tolist() == [7000, 7001, *range(10), 7002, 7003, 7004, 7005]
+    assert out.window == pytest.approx((2.0, 4.0)) and out.duration == pytest.approx(8.0)
+    assert torch.equal(_gt_rows(out), _gt_rows(sample))
+    assert VideoSplice(0.5)(sample, ScriptedRng(randoms=[0.7]), _donors()) is sample  # the coin says no
+    assert VideoSplice(1.0)(sample, ScriptedRng(randoms=[0.0]), _donors(num_steps=2)) is sample  # donor too short
+    rng = np.random.default_rng(1)
+    spots = {int((VideoSplice(1.0)(sample, rng, _donors(num_steps=6)).features[:, 0] < 7000).nonzero()[0])
+             for _ in range(200)}
+    assert spots == {1, 2, 3, 4}
+
+
+def test_released_crop_then_splice_compose():
+    augs = build_augmentations({"crop_prob": 1.0, "splice_prob": 1.0})
     rng = np.random.default_rng(3)
-    shares = [int((VideoSplice(1.0, 0.2, 0.5)(sample, rng, _donors(200)).features[:, 0] >= 7000).sum())
-              for _ in range(100)]
-    assert min(shares) >= 20 and max(shares) <= 50 and len(set(shares)) > 10
+    for _ in range(50):
+        sample = _random_sample(rng)
+        out = apply_augmentations(augs, sample, rng, _donors(num_steps=30))
+        own = out.features[:, 0] < 7000
+        assert int((~own).sum()) == 30 and 0 < int(own.sum()) <= sample.num_steps
+        rows = own.nonzero().flatten()
+        assert rows[-1] - rows[0] + 1 == len(rows)  # the cropped sample in one piece
+        assert out.duration == pytest.approx(out.num_steps * sample.step_sec)
+        assert 0.0 <= out.window[0] <= out.window[1] <= out.duration + 1e-9
 
 
 def test_splice_without_donor_is_identity():
@@ -138,8 +170,9 @@ def test_probability_zero_is_identity_and_draws_nothing():
     assert apply_augmentations(augs, sample, rng, _donors()) is sample
     assert apply_augmentations(None, sample, rng, _donors()) is sample
     assert rng.bit_generator.state == state
-    changed = sum(SlidingWindowCrop(0.5)(sample, rng) is not sample for _ in range(400))
-    assert 150 < changed < 250  # p = 0.5
+    for augmentation in (SlidingWindowCrop(0.5), VideoSplice(0.5)):
+        changed = sum(augmentation(sample, rng, _donors()) is not sample for _ in range(400))
+        assert 150 < changed < 250, augmentation  # p = 0.5
 
 
 def test_seeded_reproducibility():
@@ -159,10 +192,10 @@ def test_seeded_reproducibility():
 def test_build_augmentations_from_config():
     assert build_augmentations(None) is None
     assert build_augmentations({"crop_prob": 0.0, "splice_prob": 0.0}) is None
-    augs = build_augmentations({"crop_prob": 0.5, "crop_ratio": [0.3, 0.6], "splice_prob": 0.25, "splice_ratio": None})
+    augs = build_augmentations({"crop_prob": 0.5, "crop_ratio": [0.3, 0.6], "splice_prob": 0.25})
     assert [type(a) for a in augs] == [SlidingWindowCrop, VideoSplice]
-    assert (augs[0].prob, augs[0].min_ratio, augs[0].max_ratio) == (0.5, 0.3, 0.6)
-    assert (augs[1].prob, augs[1].min_ratio, augs[1].max_ratio) == (0.25, 0.2, 0.5)
+    assert (augs[0].prob, augs[0].min_ratio, augs[0].max_ratio, augs[1].prob) == (0.5, 0.3, 0.6, 0.25)
+    assert build_augmentations({"crop_prob": 1.0, "crop_ratio": None})[0].min_ratio == 0.4  # null: the default
     with pytest.raises(KeyError, match="data.augment.crop"):
         build_augmentations({"crop": 0.5})
     with pytest.raises(ValueError, match="min_ratio"):
@@ -199,7 +232,7 @@ def _queries() -> list[NLQQuery]:
     return out
 
 
-@pytest.mark.parametrize("max_len", [16, 128])  # pooled and not pooled
+@pytest.mark.parametrize("max_len", [16, 256])  # pooled and not pooled (a splice adds at most 80 steps)
 def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
     store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
     augs = [SlidingWindowCrop(0.5), VideoSplice(0.5)]
@@ -216,7 +249,7 @@ def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
             assert sample["highlight_label"].shape == (steps,)
             assert sample["highlight_label"][sample["start_label"]:sample["end_label"] + 1].all()
             durations.add(round(sample["duration"], 6))
-            if max_len == 128:  # not pooled: GT rows are the query's clip's own steps
+            if max_len == 256:  # not pooled: GT rows are the query's clip's own steps
                 clip = list(CLIP_STEPS).index(dataset.queries[index].clip_uid) + 1
                 first, last = AugmentSample(sample["video"], (start, end), sample["duration"]).gt_steps()
                 assert (sample["video"][first:last + 1, 0] // 1000 == clip).all()
@@ -231,7 +264,8 @@ def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
 def test_dataset_single_clip_has_no_donor(feature_root):
     store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
     queries = [q for q in _queries() if q.clip_uid == "c2"]
-    dataset = NLQDataset(queries, store, max_len=128, train=True, seed=0, augmentations=[VideoSplice(1.0)])
+    dataset = NLQDataset(queries, store, max_len=128, train=True, seed=0,
+                         augmentations=[VideoSplice(1.0)])
     assert all((dataset[i]["video"][:, 0] // 1000 == 2).all() for i in range(len(dataset)) for _ in range(3))
 
 
@@ -263,7 +297,7 @@ def _train_config(*overrides: str):
 def test_presets_turn_augmentations_on_for_reler_only():
     for preset in ("tiny", "paper"):
         reler = resolve_train_config(_train_config(f"preset={preset}", "model=reler"))
-        assert reler.data.augment.crop_prob > 0 and reler.data.augment.splice_prob == 0.5
+        assert reler.data.augment.crop_prob == 1.0 and reler.data.augment.splice_prob == 0.5  # as released
         assert list(reler.data.augment.crop_ratio) == [0.4, 0.8]
         assert resolve_train_config(reler) == reler  # idempotent
         vslnet = resolve_train_config(_train_config(f"preset={preset}", "model=vslnet"))

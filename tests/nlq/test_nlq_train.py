@@ -80,8 +80,9 @@ def test_warmup_linear_schedule():
 @pytest.mark.parametrize("model_name", ["vslnet", "reler"])
 def test_few_steps_reduce_loss(data_root, model_name):
     torch.manual_seed(0)
+    no_dropout = ["model.input_dropout=0.0", "model.predictor_dropout=0.0"] if model_name == "reler" else []
     cfg = resolve_train_config(train_config(f"model={model_name}", "stage=nlq_only", f"data.root={data_root}",
-                                            "model.dropout=0.0"))
+                                            "model.dropout=0.0", *no_dropout))
     data = build_training_data(cfg)
     model = build_nlq_model(cfg.model, cfg.text_encoder, sum(data.train.features.dims), train_texts=data.train_texts)
     loader, _ = build_train_loader(data.train, model.text_encoder.tokenizer, 16, 0, 0,
