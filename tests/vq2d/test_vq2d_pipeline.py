@@ -269,10 +269,13 @@ def test_rerun_with_changed_annotations_equals_a_fresh_folder_and_says_why(data,
     with caplog.at_level("INFO"):
         summaries, metrics, rows = _evaluate(_settings(data, out, annotations=str(a2)))
     _, fresh_metrics, fresh_rows = _evaluate(_settings(data, tmp_path / "fresh", annotations=str(a2)))
-    assert metrics == fresh_metrics
+    def scores(m):  # everything but the wall-clock timings
+        return {k: v for k, v in m.items() if k != "timings_s"}
+    assert scores(metrics) == scores(fresh_metrics)
     # the same answers (scores up to float noise: the detection head ran on other query batches)
-    assert [{k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in r.items()} for r in rows] \
-        == fresh_rows
+    timing = {"timings", "read_s", "detection_s", "peaks_s", "tracking_s"}  # wall-clock seconds differ
+    assert [{k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v for k, v in r.items() if k not in timing}
+            for r in rows] == [{k: v for k, v in r.items() if k not in timing} for r in fresh_rows]
     assert sum(s["clips_done"] for s in summaries) == 1  # only the changed query's clip was redone
     clip_uid = changed.rsplit("_", 2)[0]
     messages = [r.getMessage() for r in caplog.records]
@@ -289,7 +292,7 @@ def test_rerun_with_changed_annotations_equals_a_fresh_folder_and_says_why(data,
     with caplog.at_level("INFO"):
         summaries, again, _ = _evaluate(_settings(data, out, annotations=str(a2)))
     os.utime(mp4, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert sum(s["clips_done"] for s in summaries) == 1 and again == metrics
+    assert sum(s["clips_done"] for s in summaries) == 1 and scores(again) == scores(metrics)
     assert f"clip {other}: the clip file changed; recomputing" in [r.getMessage() for r in caplog.records]
 
 
