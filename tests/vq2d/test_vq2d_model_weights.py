@@ -103,8 +103,9 @@ def test_convert_tool_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(tool), *argv])
     runpy.run_path(str(tool), run_name="__main__")  # as `python tools/convert_detectron2_checkpoint.py ...`
     saved = torch.load(out_file, map_location="cpu", weights_only=True)
-    assert set(saved) == {"model", "meta"}
-    assert saved["meta"]["num_tensors"] == len(saved["model"]) and saved["meta"]["model_config"]["depth"] == 18
+    assert set(saved) == {"model", "config", "meta"}  # the model config makes it evaluate with no model flag
+    assert saved["meta"]["num_tensors"] == len(saved["model"]) and saved["config"]["depth"] == 18
+    assert saved["config"]["weights"] == {"format": "none", "path": None}
     loaded = build("r18_fpn", seed=1, weights={"format": "siamrcnn", "path": str(out_file)})
     assert_same_state(loaded.state_dict(), source.state_dict())
     # the same file loads directly as detectron2 format too

@@ -56,7 +56,7 @@ def rotate_frame_with_box(image: np.ndarray, box_xyxy, angle_deg: float) -> tupl
     h, w = image.shape[:2]
     matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle_deg), 1.0)
     cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
-    new_w, new_h = int(np.ceil(h * sin + w * cos)), int(np.ceil(h * cos + w * sin))
+    new_w, new_h = int(np.rint(h * sin + w * cos)), int(np.rint(h * cos + w * sin))  # as detectron2
     matrix[0, 2] += new_w / 2.0 - w / 2.0
     matrix[1, 2] += new_h / 2.0 - h / 2.0
     rotated = cv2.warpAffine(image, matrix, (new_w, new_h), flags=cv2.INTER_LINEAR,

@@ -318,15 +318,22 @@ def _warn_on_conventions(model: nn.Module, source: str) -> None:
 
 
 def convert_detectron2_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike, model: nn.Module | None = None, extra_meta: dict | None = None
+    src: str | os.PathLike, dst: str | os.PathLike, model: nn.Module | None = None, extra_meta: dict | None = None,
+    model_config: dict | None = None,
 ) -> dict:
-    """Convert a detectron2 checkpoint file to ``{"model": state_dict, "meta": {...}}`` at ``dst``.
+    """Convert a detectron2 checkpoint file to ``{"model": state_dict, "config": model_config,
+    "meta": {...}}`` at ``dst``.
 
-    When ``model`` is given, the converted weights are first loaded into it with
-    ``strict=True`` (a mismatch raises DataError naming the file). ``extra_meta`` (e.g. the
-    model config) is merged into the meta. Written atomically. Returns the meta dict.
+    ``model_config`` (the "model" group the weights fit, its ``weights`` entry set to none)
+    is stored so that ``tools/eval_vq2d.py checkpoint=<dst>`` needs no model flag. When
+    ``model`` is given, the converted weights are first loaded into it with ``strict=True``
+    (a mismatch raises DataError naming the file). ``extra_meta`` is merged into the meta.
+    Written atomically. Returns the meta dict.
     """
     sd = read_state_dict(src)
+    if not is_siamrcnn_detectron2(sd):
+        raise DataError(f"{src}: no siamese head (roi_heads.siam_head.*): not a released detectron2 SiamRCNN "
+                        "checkpoint (a model-zoo detector initialises training: model.weights.format=detectron2)")
     converted = convert_detectron2_state_dict(sd)
     if model is not None:
         try:
@@ -344,5 +351,8 @@ def convert_detectron2_checkpoint(
         "torch": str(torch.__version__),
         **(extra_meta or {}),
     }
-    atomic_torch_save(dst, {"model": converted, "meta": meta})
+    out = {"model": converted, "meta": meta}
+    if model_config is not None:
+        out["config"] = {**model_config, "weights": {"format": "none", "path": None}}
+    atomic_torch_save(dst, out)
     return meta
