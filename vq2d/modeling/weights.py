@@ -69,27 +69,34 @@ def read_weight_file(path: str | os.PathLike) -> object:
     """The object stored in a weight file, on CPU: a torch checkpoint (``torch.save``) or a
     plain pickle (detectron2 model-zoo ``.pkl``: numpy arrays, latin-1 strings).
 
-    Tries ``torch.load(weights_only=True)`` first; files holding other python objects are
-    unpickled fully, so load trusted files only. A file that is neither raises DataError
-    naming it."""
+    A plain pickle holding a dict is read as such; torch files are read with
+    ``weights_only=True`` first, then unpickled fully (objects other than tensors inside),
+    so load trusted files only. A file that is neither raises DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: weight file not found")
+    errors = []
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+    if not is_zip:
+        try:
+            with open(path, "rb") as f:
+                obj = pickle.load(f, encoding="latin1")  # detectron2 model zoo files are python-2 era pickles
+            if isinstance(obj, dict):
+                return obj
+            errors.append(f"pickle: holds a {type(obj).__name__}")  # e.g. the magic number of a legacy torch file
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"pickle: {type(e).__name__}: {e}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - numpy arrays, solver state, or not a torch file at all
+    except Exception:  # noqa: BLE001 - solver state, or not a torch file at all
         pass
-    logger.warning("%s: not loadable with weights_only=True; unpickling it fully (trusted files only)", path)
-    errors = []
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        logger.warning("%s: not loadable with weights_only=True; unpickled it fully (trusted files only)", path)
+        return obj
     except Exception as e:  # noqa: BLE001
         errors.append(f"torch.load: {type(e).__name__}: {e}")
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # detectron2 model zoo files are python-2 era pickles
-    except Exception as e:  # noqa: BLE001
-        errors.append(f"pickle: {type(e).__name__}: {e}")
     raise DataError(f"{path}: neither a torch checkpoint (.pth) nor a detectron2 pickle (.pkl) "
                     f"({'; '.join(errors)})")
 
