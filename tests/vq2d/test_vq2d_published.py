@@ -15,16 +15,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from episodic.errors import DataError
 from vq2d.data.annotations import BBox, QuerySet, VQQuery, load_vq_annotations
 from vq2d.data.frame_cache import FrameCache
 from vq2d.data.synthetic import generate_vq2d
 from vq2d.inference.detection_pass import QueryDetections
+from vq2d.inference.evaluate import resolve_settings
 from vq2d.inference.frame_source import ClipFrames
 from vq2d.inference.peaks import PeakParams
 from vq2d.inference.pipeline import TrackingSettings, answer_query
 from vq2d.inference.released_detections import read_released_detections, released_path
 from vq2d.modeling.build import build_model
-from vq2d.modeling.weights import export_detectron2_state_dict
+from vq2d.modeling.weights import convert_detectron2_checkpoint, export_detectron2_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = {"ego4d_siamrcnn": 0.5, "ego4d_improved": 0.5, "negative_frames_matter": 0.25}
@@ -192,21 +194,20 @@ def test_converted_release_evaluates_with_no_model_flag_on_the_first_clip(data, 
     released = tmp_path / "model.pth"  # a released SiamRCNN checkpoint: detectron2 names
     torch.save({"model": {**export_detectron2_state_dict(source.state_dict()),
                           "roi_heads.box_head.fc1.weight": torch.zeros(2, 2)}, "iteration": 7}, released)
-    converted = tmp_path / "X.pth"
-    run_tool("convert_detectron2_checkpoint.py", f"input={released}", f"output={converted}", "model=r18_fpn",
-             *TINY_MODEL, f"hydra.run.dir={tmp_path / 'run'}")
+    converted = tmp_path / "X.pth"  # what tools/convert_detectron2_checkpoint.py does (its own test runs the tool)
+    convert_detectron2_checkpoint(released, converted, build_model(model_cfg), model_config=model_cfg)
     out = tmp_path / "O"
     proc = run_tool("eval_vq2d.py", f"checkpoint={converted}", f"data.root={data / 'data'}", "split=val",
                     f"output_dir={out}", "max_clips=1", "device=cpu", "threads_per_worker=1",
-                    "detection.frame_height=null", "plots.num_curves=1")
+                    "detection.frame_height=null", "plots.enabled=false")
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     queries = load_vq_annotations(data / "data/v2/annotations/vq_val.json").queries()
     first_clip = [q for q in queries if q.clip_uid == queries[0].clip_uid]
     assert metrics["num_queries"] == len(first_clip) < len(queries)  # the first clip only
     assert {p.stem for p in (out / "clips").glob("*.json")} == {queries[0].clip_uid}
-    bad = run_tool("eval_vq2d.py", f"checkpoint={converted}", f"data.root={data / 'data'}", "max_clips=0",
-                   f"output_dir={out}", ok=False)
-    assert bad.returncode == 1 and "max_clips must be >= 1" in bad.stderr
+    with pytest.raises(DataError, match="max_clips must be >= 1"):
+        resolve_settings(eval_config(f"checkpoint={converted}", f"data.root={data / 'data'}", "max_clips=0",
+                                     f"output_dir={out}"))
 
 
 def test_frame_cache_at_another_size_is_rescaled(data, tmp_path):
