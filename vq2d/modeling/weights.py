@@ -141,7 +141,8 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], prefixes: tuple[str, 
             )
     result = model.load_state_dict(state, strict=False)
     report.unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    report.missing = [k for k in result.missing_keys if k.startswith(prefixes)]
+    report.missing = [k for k in result.missing_keys
+                      if k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
     report.loaded = [k for k in state if k in own]
     if not report.loaded:
         raise DataError(f"{source}: no tensor matches the model; is this the right kind of weight file?")
