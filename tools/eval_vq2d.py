@@ -10,6 +10,12 @@ test_unannotated split) and score that file::
 
     python tools/eval_vq2d.py checkpoint=C data.root=DIR split=val output_dir=OUT workers=2
 
+Released-detections mode: the same on the EGO4D baseline's released precomputed detections
+(``vq2d_detections``), no model and no GPU, e.g. with a published system's settings::
+
+    python tools/eval_vq2d.py detections=DIR data.root=DIR split=val output_dir=OUT published=ego4d_siamrcnn
+
+``max_clips=N`` answers the first N clips only (a smoke test before a full run).
 Both print the metrics, then the same metrics as ONE JSON object on the last line of
 stdout, and write metrics.json and per-query results to output_dir. Each mode is one
 library function.
@@ -28,7 +34,7 @@ def _checkpoint_mode(cfg: DictConfig) -> dict:
     return evaluate_checkpoint(cfg)
 
 
-MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode}
+MODES = {"predictions": score_from_config, "checkpoint": _checkpoint_mode, "detections": _checkpoint_mode}
 
 
 @tool_main("../configs/vq2d", "eval")

@@ -5,6 +5,8 @@
     python tools/train_vq2d.py preset=improved launcher=slurm launcher.partition=P output_dir=OUT
 
 Running the same command again resumes from OUT/last_checkpoint. See configs/vq2d/train.yaml.
+``max_iter=0`` is a dry run: build the model, load the initial weights, print the load
+report, write OUT/config.yaml, exit (vq2d.engine.dry_run).
 """
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -13,11 +15,18 @@ from episodic.cli import tool_main
 from episodic.errors import DataError
 from episodic.launch import submit
 from vq2d.engine.build import model_config
+from vq2d.engine.dry_run import dry_run
 from vq2d.engine.trainer import train
 
 
 @tool_main("../configs/vq2d", "train")
 def main(cfg: DictConfig) -> None:
+    if int(cfg.max_iter) == 0:  # dry run, here, whatever the launcher
+        try:
+            dry_run(cfg)
+        except (DataError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        return
     if cfg.get("launcher") is None:
         try:
             train(cfg)

@@ -11,7 +11,9 @@ pair it with. Images are loaded and augmented later, by the mapper of
   area within [0.25x, 4x] and aspect within [0.5x, 2x].
 * Extra references: up to 10 "stricter-clean" response frames (area [0.5x, 2x], aspect
   [0.85x, 1/0.85x]) serve as alternative crops of the query's object, besides the visual
-  crop (a sample never uses a reference from its own frame).
+  crop (a sample never uses a reference from its own frame). As in the originals they are
+  shuffled before the first 10 are taken (``extra_references_order="shuffled"``, drawn per
+  query from the seed; ``"track"``: the first 10 in track order).
 * Negative frames (empty target: every proposal is a negative), ``ratio`` same-video
   negatives per positive on average (1.0 = the 1:1 of the reference):
 
@@ -29,7 +31,8 @@ fine.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import zlib
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -37,6 +40,7 @@ import numpy as np
 from vq2d.data.annotations import BBox, VQQuery
 
 NEGATIVE_SOURCES = ("after_track", "outside_track")
+REFERENCE_ORDERS = ("shuffled", "track")
 POSITIVE, NEGATIVE, NEGATIVE_OTHER_VIDEO = "positive", "negative", "negative_other_video"
 
 Box = tuple[float, float, float, float]  # xyxy, original-resolution pixels
@@ -60,6 +64,9 @@ class TrainSample:
         negative frame.
     references: the visual crop first, then the extra references; the mapper picks one.
     kind: "positive", "negative" (same video) or "negative_other_video".
+    clean: whether the frame passes the clean filter (always True for negative frames and
+        for training samples, which are filtered already; evaluation frames keep every
+        response frame and mark them).
     """
 
     query: str  # VQQuery.name of the query the references come from
@@ -69,6 +76,7 @@ class TrainSample:
     image_size: tuple[int, int] | None  # (width, height) of the frame the box refers to
     references: tuple[Reference, ...]
     kind: str = POSITIVE
+    clean: bool = True
 
     @property
     def is_negative(self) -> bool:
@@ -193,9 +201,23 @@ def negative_frames(
     return [int(f) for f in candidates]
 
 
+def extra_reference_boxes(query: VQQuery, limit: int, order: str = "shuffled", seed: int = 0) -> list[BBox]:
+    """Up to ``limit`` stricter-clean response boxes of ``query``: a random ``limit`` of them
+    (``order="shuffled"``, the originals; drawn from ``seed`` and the query's name, so the
+    choice does not depend on the other queries) or the first ``limit`` in track order."""
+    if order not in REFERENCE_ORDERS:
+        raise ValueError(f"extra_references_order must be one of {REFERENCE_ORDERS}, got {order!r}")
+    boxes = strict_clean_track(query.response_track or ())
+    if order == "shuffled" and len(boxes) > limit:
+        rng = np.random.default_rng([seed, zlib.crc32(query.name.encode())])
+        boxes = [boxes[i] for i in rng.permutation(len(boxes))]
+    return boxes[:limit]
+
+
 def _query_samples(
     query: VQQuery, stats: SampleStats, *, clean: bool, extra_references: int, negatives: bool,
     ratio: float, source: str, min_gap: int, min_box_size: float, rng: np.random.Generator,
+    reference_order: str = "shuffled", seed: int = 0,
 ) -> list[TrainSample]:
     """Positive and same-video negative samples of one query."""
     crop = clip_box(query.visual_crop, min_box_size)
@@ -219,7 +241,7 @@ def _query_samples(
         positives.append((box, clipped))
     extras: list[Reference] = []
     if extra_references > 0:
-        for box in strict_clean_track(track)[:extra_references]:
+        for box in extra_reference_boxes(query, extra_references, reference_order, seed):
             clipped = clip_box(box, min_box_size)
             if clipped is not None:
                 extras.append(_reference(query, box, clipped))
@@ -267,6 +289,7 @@ def build_train_samples(
     *,
     clean: bool = True,  # apply the clean filter to the response frames
     extra_references: int = 10,  # stricter-clean frames used as extra crops (0 = visual crop only)
+    extra_references_order: str = "shuffled",  # shuffled (the originals) | track: which ones when there are more
     negatives: bool = True,  # add same-video negative frames
     negative_ratio: float = 1.0,  # same-video negative frames per positive
     negative_source: str = "after_track",  # after_track | outside_track
@@ -288,7 +311,8 @@ def build_train_samples(
         video_of_clip[query.clip_uid] = query.video_uid
         samples += _query_samples(query, stats, clean=clean, extra_references=extra_references,
                                   negatives=negatives, ratio=negative_ratio, source=negative_source,
-                                  min_gap=negative_min_gap, min_box_size=min_box_size, rng=rng)
+                                  min_gap=negative_min_gap, min_box_size=min_box_size, rng=rng,
+                                  reference_order=extra_references_order, seed=seed)
     if negatives:
         others = _other_video_negatives(samples, video_of_clip, other_video_ratio, rng)
         stats.negatives_other_video = len(others)
@@ -299,14 +323,20 @@ def build_train_samples(
 def eval_samples(queries: Iterable[VQQuery], *, negatives: bool = True, negative_ratio: float = 1.0,
                  negative_source: str = "after_track", max_queries: int | None = None,
                  seed: int = 0) -> tuple[list[TrainSample], SampleStats]:
-    """Frames for frame-level detection AP (DESIGN 5.4): every response frame (no clean filter)
-    and, with ``negatives``, same-video negative frames; the visual crop is the only reference."""
+    """Frames for frame-level detection AP (docs/vq2d.md#training): every response frame and,
+    with ``negatives``, same-video negative frames; the visual crop is the only reference.
+    Response frames the clean filter would drop are marked ``clean=False``, so AP is also
+    reported on the clean frames the papers evaluated on (visual_query_clean_val)."""
     queries = [q for q in queries if q.response_track]
     if max_queries is not None and len(queries) > max_queries:
         pick = np.random.default_rng(seed).choice(len(queries), size=max_queries, replace=False)
         queries = [queries[i] for i in sorted(pick.tolist())]
-    return build_train_samples(queries, clean=False, extra_references=0, negatives=negatives,
-                               negative_ratio=negative_ratio, negative_source=negative_source, seed=seed)
+    samples, stats = build_train_samples(queries, clean=False, extra_references=0, negatives=negatives,
+                                         negative_ratio=negative_ratio, negative_source=negative_source, seed=seed)
+    clean = {(q.name, b.frame_number) for q in queries for b in clean_track(q.response_track)}
+    samples = [s if s.is_negative or (s.query, s.frame_number) in clean else replace(s, clean=False)
+               for s in samples]
+    return samples, stats
 
 
 def frames_needed(samples: Iterable[TrainSample]) -> dict[str, set[int]]:

@@ -33,7 +33,7 @@ from episodic.errors import DataError
 from episodic.logging import progress
 
 from vq2d.data.annotations import VQAnnotationFile
-from vq2d.data.crops import make_visual_crop
+from vq2d.data.crops import make_visual_crop, rotated_visual_crop
 from vq2d.data.extract import ClipTask, clip_original_sizes, extract_clip
 from vq2d.data.frame_cache import FrameCache
 from vq2d.data.samples import Reference, TrainSample, drop_missing_frames, frames_needed
@@ -75,10 +75,15 @@ class PairMapper:
         self.max_size = int(max_size)
         self.augmentation = augmentation
 
-    def _crop(self, ref: Reference, frame_image: np.ndarray, sample: TrainSample) -> np.ndarray:
+    def _crop(self, ref: Reference, frame_image: np.ndarray, sample: TrainSample,
+              angle: float | None = None) -> np.ndarray:
+        """The crop of ``ref``; with ``angle``, cut from the reference frame rotated by it."""
         same_frame = (ref.clip_uid, ref.frame_number) == (sample.clip_uid, sample.frame_number)
         image = frame_image if same_frame else self.cache.load(ref.clip_uid, ref.frame_number)
-        return make_visual_crop(image, _scaled(ref.box, image, ref.image_size).tolist(), size=self.crop_size)
+        box = _scaled(ref.box, image, ref.image_size).tolist()
+        if angle is not None:
+            return rotated_visual_crop(image, box, angle, size=self.crop_size)
+        return make_visual_crop(image, box, size=self.crop_size)
 
     def __call__(self, sample: TrainSample, seed: Sequence[int] | int = 0) -> dict[str, Any]:
         rng = np.random.default_rng(seed)
@@ -87,7 +92,8 @@ class PairMapper:
             ref = sample.references[0]
         else:
             ref = sample.references[int(rng.integers(len(sample.references)))]
-        crop = self._crop(ref, image, sample)
+        angle = None if self.augmentation is None else self.augmentation.reference_rotation(rng)
+        crop = self._crop(ref, image, sample, angle)
         boxes = np.zeros((0, 4), dtype=np.float32)
         if sample.box is not None:
             boxes = _scaled(sample.box, image, sample.image_size)[None]
@@ -104,6 +110,7 @@ class PairMapper:
             "clip_uid": sample.clip_uid,
             "frame_number": sample.frame_number,
             "kind": sample.kind,
+            "clean": sample.clean,
         }
 
 
@@ -177,12 +184,12 @@ def loader_worker_init(worker_id: int, opencv_threads: int | None = 1) -> None:
 
 def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Mapped pairs -> {"images": list of B uint8 ``[3, H_i, W_i]``, "crops": uint8 ``[B, 3, S, S]``,
-    "targets": B dicts {"boxes": ``[n_i, 4]``}, "meta": B dicts (query, clip_uid, frame_number, kind)}."""
+    "targets": B dicts {"boxes": ``[n_i, 4]``}, "meta": B dicts (query, clip_uid, frame_number, kind, clean)}."""
     return {
         "images": [it["image"] for it in items],
         "crops": torch.stack([it["crop"] for it in items]),
         "targets": [{"boxes": it["boxes"]} for it in items],
-        "meta": [{k: it[k] for k in ("query", "clip_uid", "frame_number", "kind")} for it in items],
+        "meta": [{k: it[k] for k in ("query", "clip_uid", "frame_number", "kind", "clean")} for it in items],
     }
 
 

@@ -6,8 +6,10 @@
   training); the data pipeline only shrinks frames once to the largest of those sizes
   (:func:`shrink_to`), on the loader workers, so that less data travels to the model.
 * Crop: flip and brightness drawn independently of the frame's, plus a rotation in
-  [-120, 120] degrees about the crop centre, the uncovered corners filled with the crop's
-  pad value (125, DESIGN 5.1).
+  [-120, 120] degrees. ``crop_rotation_mode="frame"`` (the originals): the reference frame is
+  rotated before the crop is cut (:func:`vq2d.data.crops.rotated_visual_crop`; the mapper
+  asks :meth:`PairAugmentation.reference_rotation` for the angle); ``"crop"``: the cut crop
+  is rotated about its centre, the uncovered corners filled with the pad value 125.
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation is reproducible from its seed (see :class:`vq2d.data.train_dataset.TrainMapper`).
@@ -18,6 +20,8 @@ import cv2
 import numpy as np
 
 from vq2d.data.crops import PAD_VALUE
+
+ROTATION_MODES = ("frame", "crop")
 
 
 def shrink_to(image: np.ndarray, short_side: int, max_size: int) -> tuple[np.ndarray, float]:
@@ -61,6 +65,8 @@ class PairAugmentation:
         brightness: (low, high) range of the brightness factor; ``None`` = off.
         crop_rotation: (low, high) rotation range of the crop in degrees; ``None`` = off.
         crop_rotation_prob: chance that a crop is rotated at all.
+        crop_rotation_mode: "frame" (rotate the reference frame, then cut the crop; the
+            originals) or "crop" (rotate the cut crop).
     """
 
     def __init__(
@@ -70,7 +76,10 @@ class PairAugmentation:
         brightness: tuple[float, float] | None = (0.75, 1.333),
         crop_rotation: tuple[float, float] | None = (-120.0, 120.0),
         crop_rotation_prob: float = 1.0,
+        crop_rotation_mode: str = "crop",
     ):
+        if crop_rotation_mode not in ROTATION_MODES:
+            raise ValueError(f"crop_rotation_mode must be one of {ROTATION_MODES} (got {crop_rotation_mode!r})")
         for name, p in (("flip_prob", flip_prob), ("crop_rotation_prob", crop_rotation_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (got {p})")
@@ -81,6 +90,17 @@ class PairAugmentation:
         self.brightness = None if brightness is None else (float(brightness[0]), float(brightness[1]))
         self.crop_rotation = None if crop_rotation is None else (float(crop_rotation[0]), float(crop_rotation[1]))
         self.crop_rotation_prob = crop_rotation_prob
+        self.crop_rotation_mode = crop_rotation_mode
+
+    def _rotation(self, rng: np.random.Generator) -> float | None:
+        if self.crop_rotation is not None and rng.random() < self.crop_rotation_prob:
+            return float(rng.uniform(*self.crop_rotation))
+        return None
+
+    def reference_rotation(self, rng: np.random.Generator) -> float | None:
+        """The angle (degrees) to rotate the reference frame by before the crop is cut, in
+        "frame" mode; None (no draw) otherwise or when rotation is off."""
+        return self._rotation(rng) if self.crop_rotation_mode == "frame" else None
 
     def _photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.brightness is not None:
@@ -97,6 +117,8 @@ class PairAugmentation:
         """Augment a square visual crop ``[S, S, 3]``."""
         if rng.random() < self.flip_prob:
             crop = np.ascontiguousarray(crop[:, ::-1])
-        if self.crop_rotation is not None and rng.random() < self.crop_rotation_prob:
-            crop = rotate_square(crop, rng.uniform(*self.crop_rotation))
+        if self.crop_rotation_mode == "crop":
+            angle = self._rotation(rng)
+            if angle is not None:
+                crop = rotate_square(crop, angle)
         return self._photometric(crop, rng)

@@ -100,6 +100,7 @@ def build_samples(cfg, train: bool) -> tuple[list[TrainSample], SplitPaths]:
         s = cfg.samples
         samples, stats = build_train_samples(
             annotations.queries(), clean=bool(s.clean_filter), extra_references=int(s.extra_references),
+            extra_references_order=str(s.get("extra_references_order", "shuffled")),
             negatives=bool(cfg.negatives), negative_ratio=float(s.negative_ratio),
             negative_source=str(s.negative_source), negative_min_gap=int(s.negative_min_gap),
             other_video_ratio=float(s.other_video_ratio), min_box_size=float(s.min_box_size), seed=int(cfg.seed))
@@ -129,6 +130,7 @@ def build_augmentation(cfg) -> PairAugmentation:
         brightness=None if a.brightness is None else tuple(a.brightness),
         crop_rotation=None if a.crop_rotation is None else tuple(a.crop_rotation),
         crop_rotation_prob=float(a.crop_rotation_prob),
+        crop_rotation_mode=str(a.get("crop_rotation_mode", "crop")),
     )
 
 
@@ -176,8 +178,11 @@ def build_eval_loader(cfg, samples: list[TrainSample], cache_root: Path, info: D
 
 # --------------------------------------------------------------------------- model
 def model_config(cfg) -> dict[str, Any]:
-    """The resolved model config (vq2d.modeling.build); a weight format without a path is an error."""
+    """The resolved model config (vq2d.modeling.build); a weight format without a path is an error.
+    ``hard_negatives.as_released`` of the train config goes into it."""
     model_cfg = to_container(cfg.model)
+    if cfg.get("hard_negatives") is not None:
+        model_cfg["hard_negatives_as_released"] = bool(cfg.hard_negatives.as_released)
     weights = model_cfg.get("weights") or {}
     if weights.get("format", "none") != "none" and weights.get("path") in (None, "", "???"):
         raise DataError(f"model.weights.format is {weights['format']!r}: give the local weight file with "

@@ -35,7 +35,7 @@ from episodic.config import save_config
 from episodic.io import atomic_torch_save, atomic_write_json, read_json
 from episodic.logging import TensorboardLogger, progress, setup_logging
 from vq2d.engine import build
-from vq2d.evaluation.detection_ap import METRICS, FrameDetections, detection_ap, format_detection_ap
+from vq2d.evaluation.detection_ap import AP_PARTS, METRICS, FrameDetections, detection_ap, format_detection_ap
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ def evaluate_detection(
         for out, target, meta in zip(outputs, targets, batch["meta"]):
             frames.append(FrameDetections(
                 gt_boxes=target["boxes"].float().cpu().numpy(), boxes=out["boxes"].float().cpu().numpy(),
-                scores=out["scores"].float().cpu().numpy(), name=f"{meta['query']}@{meta['frame_number']}"))
+                scores=out["scores"].float().cpu().numpy(), name=f"{meta['query']}@{meta['frame_number']}",
+                clean=bool(meta.get("clean", True))))
     model.train(was_training)
     gathered = distributed.all_gather_object(frames)
     if not distributed.is_main_process():
@@ -202,7 +203,7 @@ def write_detection_ap(output_dir: Path, result: dict, iteration: int, split: st
 
 
 def _log_detection_ap(tb: TensorboardLogger, result: dict, iteration: int) -> None:
-    for part in ("positive", "positive_negative"):
+    for part in AP_PARTS:
         tb.scalars({f"detection_ap/{part}/{m}": result[part][m] for m in METRICS
                     if math.isfinite(result[part][m])}, iteration)
     tb.flush()

@@ -7,7 +7,10 @@ reported twice:
 
 * ``positive``: positive frames only (the usual frame-level AP);
 * ``positive_negative``: positive + negative frames (what the seed paper shows improving
-  with negative-frame training).
+  with negative-frame training);
+* ``clean_positive`` / ``clean_positive_negative``: the same on the frames the clean filter
+  keeps (``FrameDetections.clean``), the papers' ``visual_query_clean_val``, so the numbers
+  sit beside the seed paper's Table 3 (docs/vq2d.md#training).
 
 Pure function over plain data (numpy arrays), in percent (a perfect detector scores 100).
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 METRICS = ("AP", "AP50", "AP75", "AR@10")
+AP_PARTS = ("positive", "positive_negative", "clean_positive", "clean_positive_negative")
 # indices of METRICS in COCOeval.stats (AP@[.5:.95], AP@.5, AP@.75, AR maxDets=10)
 _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR@10": 7}
 
@@ -33,12 +37,14 @@ class FrameDetections:
     boxes: ``[K, 4]`` xyxy detections, same coordinates as ``gt_boxes``.
     scores: ``[K]`` detection scores (higher = more confident).
     name: readable id for logs (query and frame).
+    clean: the frame passes the clean filter (negative frames: True).
     """
 
     gt_boxes: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
     name: str = ""
+    clean: bool = True
 
     @property
     def is_positive(self) -> bool:
@@ -80,17 +86,22 @@ def _coco_stats(frames: list[FrameDetections]) -> dict[str, float]:
 
 
 def detection_ap(frames: list[FrameDetections]) -> dict:
-    """Frame-level AP on positive frames and on positive + negative frames.
+    """Frame-level AP on positive frames and on positive + negative frames, all and clean.
 
     Returns ``{"positive": {AP, AP50, AP75, AR@10}, "positive_negative": {...},
-    "num_positive_frames", "num_negative_frames", "num_detections"}`` (metrics in percent,
-    NaN when there is no positive frame).
+    "clean_positive": {...}, "clean_positive_negative": {...}, "num_positive_frames",
+    "num_clean_positive_frames", "num_negative_frames", "num_detections"}`` (metrics in
+    percent, NaN when there is no positive frame).
     """
     positives = [f for f in frames if f.is_positive]
+    clean = [f for f in frames if f.clean]
     return {
         "positive": _coco_stats(positives),
         "positive_negative": _coco_stats(list(frames)),
+        "clean_positive": _coco_stats([f for f in clean if f.is_positive]),
+        "clean_positive_negative": _coco_stats(clean),
         "num_positive_frames": len(positives),
+        "num_clean_positive_frames": sum(f.is_positive for f in clean),
         "num_negative_frames": len(frames) - len(positives),
         "num_detections": int(sum(len(np.asarray(f.scores).reshape(-1)) for f in frames)),
     }
@@ -99,9 +110,10 @@ def detection_ap(frames: list[FrameDetections]) -> dict:
 def format_detection_ap(result: dict) -> str:
     """One line per frame set, e.g. ``positive: AP 23.1 AP50 45.0 AP75 20.2 AR@10 50.3``."""
     lines = []
-    for part in ("positive", "positive_negative"):
+    for part in AP_PARTS:
         values = " ".join(f"{m} {result[part][m]:.2f}" for m in METRICS)
         lines.append(f"{part}: {values}")
-    lines.append(f"({result['num_positive_frames']} positive, {result['num_negative_frames']} negative frames, "
+    lines.append(f"({result['num_positive_frames']} positive ({result['num_clean_positive_frames']} clean), "
+                 f"{result['num_negative_frames']} negative frames, "
                  f"{result['num_detections']} detections)")
     return "\n".join(lines)

@@ -23,31 +23,24 @@ import torch
 from episodic.errors import DataError
 from vq2d.modeling.build import build_model
 from vq2d.modeling.siamrcnn import SiamRCNN
-from vq2d.modeling.weights import convert_detectron2_state_dict, unwrap_state_dict
+from vq2d.modeling.weights import convert_detectron2_state_dict, read_weight_file, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
 _DETECTRON2_PREFIXES = ("backbone.bottom_up.", "proposal_generator.", "roi_heads.")
 
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - e.g. a config stored as an OmegaConf object
-        logger.warning("%s: not loadable with weights_only=True; unpickling it fully (trusted files only)", path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DataError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from None
-
-
 def checkpoint_model_config(obj: Any) -> dict | None:
-    """The model config stored in a loaded checkpoint, or None."""
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("config"), Mapping):
+    """The model config stored in a loaded checkpoint (``config``, or the ``meta.model_config``
+    of files converted by earlier versions of tools/convert_detectron2_checkpoint.py), or None."""
+    if not isinstance(obj, Mapping):
         return None
-    cfg = dict(obj["config"])
+    stored = obj.get("config")
+    if not isinstance(stored, Mapping) and isinstance(obj.get("meta"), Mapping):
+        stored = obj["meta"].get("model_config")
+    if not isinstance(stored, Mapping):
+        return None
+    cfg = dict(stored)
     if isinstance(cfg.get("model"), Mapping):  # a whole training config
         cfg = dict(cfg["model"])
     return cfg
@@ -61,7 +54,7 @@ def load_detector(checkpoint_path: str | os.PathLike, device: torch.device | str
     ``model_config`` is used when the checkpoint holds no config (and overrides nothing
     otherwise). Raises DataError naming the file when it cannot be read or does not fit."""
     path = Path(checkpoint_path)
-    obj = _read(path)
+    obj = read_weight_file(path)
     stored = checkpoint_model_config(obj)
     cfg = stored if stored is not None else (dict(model_config) if model_config is not None else None)
     if cfg is None:
@@ -75,10 +68,17 @@ def load_detector(checkpoint_path: str | os.PathLike, device: torch.device | str
     state = unwrap_state_dict(obj, source=str(path))
     if any(k.startswith(_DETECTRON2_PREFIXES) for k in state):
         state = convert_detectron2_state_dict(state)
+    own = model.state_dict()
+    if not any(k in own for k in state):
+        raise DataError(f"{path}: not a VQ2D SiamRCNN checkpoint (expected keys like backbone.body.*, rpn.head.*, "
+                        f"head.*, or the detectron2 names; found e.g. {sorted(state)[:3]})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise DataError(f"{path}: weights do not fit the model: {e}") from None
+        missing = sorted(set(own) - set(state))[:3]
+        extra = sorted(set(state) - set(own))[:3]
+        raise DataError(f"{path}: weights do not fit the model the config describes (missing e.g. {missing}, "
+                        f"unexpected e.g. {extra}; {str(e).splitlines()[0]})") from None
     logger.info("loaded detector from %s", path)
     return model.to(device).eval()
 

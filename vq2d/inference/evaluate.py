@@ -3,6 +3,11 @@ tracking (on a pool of workers, resumable) -> predictions file -> scores of THAT
 
     python tools/eval_vq2d.py checkpoint=C data.root=DIR split=val output_dir=OUT workers=2
 
+Released-detections mode: ``detections=DIR`` (the ``vq2d_detections`` release of the EGO4D
+baseline) instead of ``checkpoint``: no model, peaks + tracking only
+(:mod:`vq2d.inference.released_detections`). ``max_clips=N``: the first N clips of the split
+only (their queries are the ones scored).
+
 Outputs in OUT: ``predictions.json`` (annotated splits) or ``submission.json`` (validated;
 test_unannotated), ``metrics.json`` (+ search efficiency), ``per_query.csv``,
 ``per_query.json`` (diagnostics and errors), ``plots/``, ``log.txt``, the merged config
@@ -13,16 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from episodic.config import save_config, to_container
 from episodic.errors import DataError
 from episodic.logging import setup_logging
-from vq2d.data.annotations import load_vq_annotations
+from vq2d.data.annotations import VQAnnotationFile, load_vq_annotations
 from vq2d.evaluation.scoring import CONFIG_FILE, default_annotations_path
 from vq2d.inference.checkpoint_io import checkpoint_identity
 from vq2d.inference.pool import collect_outcomes, run_pool
+from vq2d.inference.released_detections import check_released_folder, released_identity
 from vq2d.inference.report import write_reports
 
 logger = logging.getLogger(__name__)
@@ -39,9 +46,20 @@ def resolve_settings(cfg: Any) -> dict:
     (absolute paths, defaults that depend on the machine or the launcher) filled in."""
     if not cfg.output_dir:
         raise DataError("checkpoint mode needs output_dir=<folder for predictions, metrics and plots>")
-    checkpoint = Path(cfg.checkpoint).resolve()
-    if not checkpoint.is_file():
-        raise DataError(f"{checkpoint}: checkpoint not found")
+    released = cfg.get("detections")
+    if released is not None:
+        released = Path(released).resolve()
+        if not released.is_dir():
+            raise DataError(f"{released}: released detections folder (detections=...) not found")
+        checkpoint, checkpoint_id = None, released_identity(released)
+    else:
+        checkpoint = Path(cfg.checkpoint).resolve()
+        if not checkpoint.is_file():
+            raise DataError(f"{checkpoint}: checkpoint not found")
+        checkpoint_id = checkpoint_identity(checkpoint)
+    max_clips = cfg.get("max_clips")
+    if max_clips is not None and int(max_clips) < 1:
+        raise DataError(f"max_clips must be >= 1 (or null for all), got {max_clips}")
     root = Path(cfg.data.root)
     launcher = to_container(cfg.launcher)
     workers = int(cfg.workers)
@@ -58,15 +76,17 @@ def resolve_settings(cfg: Any) -> dict:
         raise DataError(f"{cfg.data.cache_root}: frame cache folder (data.cache_root) not found")
     cache_root = Path(cfg.data.cache_root if cfg.data.cache_root is not None else root / "frame_cache")
     clips_dir = Path(cfg.data.clips_dir or root / "v2" / "clips")
-    if not clips_dir.is_dir() and not cache_root.is_dir():
+    if released is None and not clips_dir.is_dir() and not cache_root.is_dir():
         raise DataError(f"{clips_dir}: clip folder not found (and no frame cache at {cache_root})")
     settings = {
         "annotations": str(Path(cfg.annotations or default_annotations_path(root, cfg.split)).resolve()),
         "clips_dir": str(clips_dir.resolve()),
         "cache_root": str(cache_root.resolve()) if cache_root.is_dir() else None,
         "output_dir": str(Path(cfg.output_dir).resolve()),
-        "checkpoint": str(checkpoint),
-        "checkpoint_id": checkpoint_identity(checkpoint),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "checkpoint_id": checkpoint_id,
+        "detections": None if released is None else str(released),
+        "max_clips": None if max_clips is None else int(max_clips),
         "model": to_container(cfg.get("model")),
         "device": str(cfg.device),
         "workers": workers,
@@ -82,6 +102,17 @@ def resolve_settings(cfg: Any) -> dict:
     return settings
 
 
+def first_clips(annotations: VQAnnotationFile, n: int) -> VQAnnotationFile:
+    """``annotations`` cut to its first ``n`` clips that hold a valid query (file order)."""
+    keep: list[str] = []
+    for q in annotations.queries():
+        if q.clip_uid not in keep:
+            keep.append(q.clip_uid)
+    keep_set = set(keep[:n])
+    videos = [replace(v, clips=[c for c in v.clips if c.clip_uid in keep_set]) for v in annotations.videos]
+    return replace(annotations, videos=[v for v in videos if v.clips])
+
+
 def evaluate_checkpoint(cfg: Any) -> dict:
     """Run the whole checkpoint mode (see module docstring); returns the metrics."""
     settings = resolve_settings(cfg)
@@ -91,11 +122,18 @@ def evaluate_checkpoint(cfg: Any) -> dict:
     annotations = load_vq_annotations(settings["annotations"], strict=False)
     for problem in annotations.problems:
         logger.warning("skipping a malformed query set: %s", problem)
+    if settings["max_clips"] is not None:
+        annotations = first_clips(annotations, settings["max_clips"])
     queries = annotations.queries()
     if not queries:
         raise DataError(f"{settings['annotations']}: no valid query set to answer")
-    logger.info("%s: %d queries in %d clips; checkpoint %s; %d worker(s) (%s)", settings["annotations"],
-                len(queries), len({q.clip_uid for q in queries}), settings["checkpoint"], settings["workers"],
+    if settings["detections"] is not None:
+        found = check_released_folder(settings["detections"], queries)
+        logger.info("%s: released detections for %d of %d queries", settings["detections"], found, len(queries))
+    logger.info("%s: %d queries in %d clips; %s; %d worker(s) (%s)", settings["annotations"],
+                len(queries), len({q.clip_uid for q in queries}),
+                f"checkpoint {settings['checkpoint']}" if settings["checkpoint"] else
+                f"released detections {settings['detections']}", settings["workers"],
                 settings["launcher"]["executor"])
     run_pool(settings, annotations)
     outcomes = collect_outcomes(out, queries, settings)

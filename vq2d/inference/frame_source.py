@@ -1,22 +1,27 @@
 """The frames of one clip for inference: from the JPEG frame cache when it holds every frame
 asked for, else decoded from the clip's mp4 with :class:`vq2d.data.frames.ClipReader`.
 
-Frames are ``[H, W, 3]`` uint8 RGB at the annotation's original resolution (the cache
-stores them so; the reader resizes decoded frames to ``original_size``), so boxes of the
-annotation file apply to them directly.
+Frames are ``[H, W, 3]`` uint8 RGB at the annotation's original resolution (the reader
+resizes decoded frames to ``original_size``; a cache written at another size, e.g. by an
+extraction with a smaller frame height, is rescaled to it the same way, with a warning
+once per clip), so boxes of the annotation file apply to them directly.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from episodic.errors import DataError
 from vq2d.data.annotations import VQQuery
 from vq2d.data.frame_cache import FrameCache
 from vq2d.data.frames import ClipReader
+
+logger = logging.getLogger(__name__)
 
 
 def original_size_of(queries: Sequence[VQQuery]) -> tuple[int, int] | None:
@@ -52,6 +57,7 @@ class ClipFrames:
         self.cache = cache
         self.decode_threads = decode_threads
         self._reader: ClipReader | None = None
+        self._warned_size = False
 
     # -- the mp4 ----------------------------------------------------------------------
     @property
@@ -91,8 +97,20 @@ class ClipFrames:
         if not targets:
             return iter(())
         if self._cached(targets):
-            return ((i, self.cache.load(self.clip_uid, i)) for i in targets)
+            return ((i, self._from_cache(i)) for i in targets)
         return self.reader.iter_frames(targets)
+
+    def _from_cache(self, index: int) -> np.ndarray:
+        """Cached frame ``index`` at ``original_size`` (rescaled when the cache holds another size)."""
+        image = self.cache.load(self.clip_uid, index)
+        if self.original_size is None or (image.shape[1], image.shape[0]) == tuple(self.original_size):
+            return image
+        if not self._warned_size:
+            logger.warning("clip %s: the frame cache holds %dx%d frames, the annotation %dx%d; rescaling "
+                           "(%s)", self.clip_uid, image.shape[1], image.shape[0], *self.original_size,
+                           self.cache.path(self.clip_uid, index))
+            self._warned_size = True
+        return cv2.resize(image, tuple(int(v) for v in self.original_size), interpolation=cv2.INTER_LINEAR)
 
     def read(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
         """``{index: [H, W, 3] uint8 RGB}`` for ``indices`` (one forward pass)."""

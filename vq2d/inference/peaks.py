@@ -5,11 +5,18 @@ filtered (kernel 5), peaks are found with ``scipy.signal.find_peaks(distance=25,
 prominence=0.2[, height])``, peaks whose smoothed score is below ``min_score`` are dropped
 (when set), and the LATEST remaining peak is chosen: the object's most recent sighting,
 not its most confident one. No peak: the last searched frame (a one-box track).
+
+The track's confidence (``track_score``) is the toolkit's choice, not part of the peak
+search: ``detection`` (default) = the top detection score at the chosen frame, so that
+stAP/tAP rank confident answers first; ``constant`` = 1.0 for every track, as the published
+systems write it (docs/vq2d.md#peaks, #published-settings).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Mapping
+
+TRACK_SCORES = ("detection", "constant")
 
 import numpy as np
 from scipy.signal import find_peaks, medfilt
@@ -25,10 +32,18 @@ class PeakParams:
     prominence: float = 0.2  # min peak prominence
     height: float | None = None  # min smoothed peak height for find_peaks (reference val: 0.6)
     min_score: float | None = None  # drop peaks whose smoothed score is lower (reference: 0.5 / 0.25)
+    track_score: str = "detection"  # detection: top score at the chosen frame | constant: 1.0 (the originals)
 
     def __post_init__(self):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"peaks.kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.track_score not in TRACK_SCORES:
+            raise ValueError(f"peaks.track_score must be one of {TRACK_SCORES}, got {self.track_score!r}")
+
+    def score_of(self, top_detection_score: float) -> float:
+        """The confidence written with a track whose chosen frame's top detection scores
+        ``top_detection_score``."""
+        return 1.0 if self.track_score == "constant" else float(top_detection_score)
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "PeakParams":

@@ -113,7 +113,7 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
                   fallback=peak.fallback, frames_accessed=detections.num_frames, timings=timings)
     if box is None:  # no detection at all on the chosen frame
         return QueryOutcome.for_query(query, **common)
-    score = float(detections.scores[peak.frame, 0])
+    score = peaks.score_of(detections.scores[peak.frame, 0])
     start = time.perf_counter()
     if peak.fallback:
         boxes = {peak.frame: tuple(float(v) for v in box)}

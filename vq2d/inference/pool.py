@@ -37,6 +37,7 @@ from vq2d.inference.detection_pass import DetectionPass
 from vq2d.inference.frame_source import ClipFrames, original_size_of
 from vq2d.inference.pipeline import QueryOutcome, TrackingSettings, process_clip
 from vq2d.inference.peaks import PeakParams
+from vq2d.inference.released_detections import ReleasedDetections
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +151,12 @@ def run_shard(task: Mapping[str, Any]) -> dict:
                "failed_queries": 0}
     if not todo:
         return summary
-    device = torch.device(resolve_device(settings["device"]))
-    model = load_detector(settings["checkpoint"], device, settings.get("model"))
-    detector = DetectionPass.from_config(settings["detection"], model, device)
+    if settings.get("detections"):  # released precomputed detections: no model
+        detector = ReleasedDetections(settings["detections"])
+    else:
+        device = torch.device(resolve_device(settings["device"]))
+        model = load_detector(settings["checkpoint"], device, settings.get("model"))
+        detector = DetectionPass.from_config(settings["detection"], model, device)
     peaks = PeakParams.from_config(settings["peaks"])
     tracking = TrackingSettings.from_config(settings["tracking"])
     bar = progress(total=sum(clip_cost(by_clip[c]) for c in todo), desc=f"shard {task['shard']} frames",

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "append_gt": True,
     "cross_batch_negatives": True,
     "hard_negatives_per_query": 64,
+    "hard_negatives_as_released": False,
     "crop_size": 256,
     "roi_sampling_ratio": 0,
     "roi_aligned": True,
@@ -142,6 +143,7 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
         append_gt=c["append_gt"],
         cross_batch_negatives=c["cross_batch_negatives"],
         hard_negatives_per_query=c["hard_negatives_per_query"],
+        hard_negatives_as_released=bool(c["hard_negatives_as_released"]),
         crop_size=c["crop_size"],
         roi_sampling_ratio=c["roi_sampling_ratio"],
         roi_aligned=c["roi_aligned"],
@@ -156,22 +158,33 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
     return model
 
 
-def load_weights(model: SiamRCNN, fmt: str, path: str | None) -> None:
-    """Load pretrained weights of format ``fmt`` (see WEIGHT_FORMATS) from the local ``path``."""
+def load_weights(model: SiamRCNN, fmt: str, path: str | None) -> weight_io.LoadReport | None:
+    """Load pretrained weights of format ``fmt`` (see WEIGHT_FORMATS) from the local ``path``;
+    returns what was loaded and skipped (None for ``none``).
+
+    ``detectron2``: a model-zoo detector (``.pkl``, no siamese head) initialises backbone +
+    RPN; a released SiamRCNN checkpoint (detectron2 names, with ``roi_heads.siam_head.*``)
+    loads whole, strictly. ``siamrcnn``: our own names, strictly."""
     if fmt == "none":
-        return
+        return None
     if not path:
         raise ValueError(f"model.weights.format is {fmt!r} but model.weights.path is empty")
     if fmt == "torchvision_detector":
-        weight_io.load_torchvision_detector(model, path)
+        report = weight_io.load_torchvision_detector(model, path)
     elif fmt == "imagenet":
-        weight_io.load_imagenet_backbone(model, path)
+        report = weight_io.load_imagenet_backbone(model, path)
     else:
         sd = weight_io.read_state_dict(path)
         if fmt == "detectron2":
+            if not weight_io.is_siamrcnn_detectron2(sd):
+                report = weight_io.load_detectron2_init(model, path, sd)
+                logger.info("loaded %s weights from %s: %s", fmt, path, report.summary())
+                return report
             sd = weight_io.convert_detectron2_state_dict(sd)
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise DataError(f"{path}: weights do not fit the model ({fmt}): {e}") from None
-    logger.info("loaded %s weights from %s", fmt, path)
+        report = weight_io.LoadReport(loaded=list(sd))
+    logger.info("loaded %s weights from %s: %s", fmt, path, report.summary())
+    return report

@@ -6,7 +6,8 @@
    (no GT box) yields only negatives.
 2. ``cross_batch_labels``: every query is paired with the sampled proposals of every image
    of the batch; only (query i, positive proposal of image i) pairs are positive.
-3. ``mine_hard_negatives``: per query keep all positives + the highest-scoring negatives.
+3. ``mine_hard_negatives``: per query keep all positives + the highest-scoring negatives
+   (or, ``as_released``, what the released detectron2 code keeps; docs/vq2d.md#training).
 """
 from __future__ import annotations
 
@@ -83,20 +84,43 @@ def cross_batch_labels(labels_per_image: list[Tensor], cross_batch: bool = True)
     return pair_labels, valid
 
 
-def mine_hard_negatives(logits: Tensor, labels: Tensor, valid: Tensor, num_negatives: int | None) -> Tensor:
+def mine_hard_negatives(logits: Tensor, labels: Tensor, valid: Tensor, num_negatives: int | None,
+                        as_released: bool = False) -> Tensor:
     """Per query keep every positive and the ``num_negatives`` highest-scoring negatives.
 
     Args: logits ``[Q, N]``, labels ``[Q, N]`` in {0, 1}, valid ``[Q, N]`` bool;
         ``num_negatives=None`` keeps every valid negative.
+        as_released: reproduce the released detectron2 SiamRCNN code, which picks the top-k
+            of the query's NEGATIVES but uses those positions (indices into the negative
+            list) as positions in the query's full list of pairs: it keeps every positive
+            plus the pairs at those positions, i.e. negatives chosen nearly at random (and
+            sometimes fewer than k). A query with at most k negatives keeps all, as there.
     Returns: ``[Q, N]`` bool mask of the pairs that enter the loss.
     """
     positives = valid & (labels > 0.5)
     negatives = valid & (labels <= 0.5)
     if num_negatives is None or logits.shape[1] == 0:
         return positives | negatives
+    if as_released:
+        return _mine_as_released(logits, positives, negatives, valid, num_negatives)
     k = min(num_negatives, logits.shape[1])
     neg_scores = logits.detach().float().masked_fill(~negatives, float("-inf"))
     top = neg_scores.topk(k, dim=1).indices  # [Q, k]
     hard = torch.zeros_like(negatives)
     hard.scatter_(1, top, True)
     return positives | (hard & negatives)
+
+
+def _mine_as_released(logits: Tensor, positives: Tensor, negatives: Tensor, valid: Tensor, k: int) -> Tensor:
+    """The released code's mining, per query over its valid pairs (see ``mine_hard_negatives``)."""
+    keep = positives.clone()
+    scores = logits.detach().float()
+    for q in range(logits.shape[0]):
+        pairs = torch.nonzero(valid[q]).flatten()  # the query's full list of pairs
+        neg = torch.nonzero(negatives[q][pairs]).flatten()  # negatives, as indices into that list
+        if len(neg) <= k:
+            keep[q, pairs] = True
+            continue
+        top_in_negatives = scores[q, pairs[neg]].topk(k).indices  # indices into the NEGATIVE list
+        keep[q, pairs[top_in_negatives]] = True  # ... used as indices into the full list
+    return keep

@@ -61,6 +61,8 @@ class SiamRCNN(nn.Module):
         append_gt: add the GT box to the ROI candidates in training.
         cross_batch_negatives: score every crop against the ROIs of every frame of the batch.
         hard_negatives_per_query: negatives kept per query by hard-negative mining (None: all).
+        hard_negatives_as_released: mine as the released detectron2 code does (see
+            ``vq2d.modeling.proposal_sampling.mine_hard_negatives``).
         crop_size: side S of the square visual crops.
         roi_sampling_ratio, roi_aligned: RoIAlign options (0 and True = detectron2's ROIAlignV2).
         detections_per_frame, nms_thresh, score_thresh: inference post-processing (class-agnostic
@@ -88,6 +90,7 @@ class SiamRCNN(nn.Module):
         append_gt: bool = True,
         cross_batch_negatives: bool = True,
         hard_negatives_per_query: int | None = 64,
+        hard_negatives_as_released: bool = False,
         crop_size: int = 256,
         roi_sampling_ratio: int = 0,
         roi_aligned: bool = True,
@@ -117,6 +120,7 @@ class SiamRCNN(nn.Module):
         self.append_gt = append_gt
         self.cross_batch_negatives = cross_batch_negatives
         self.hard_negatives_per_query = hard_negatives_per_query
+        self.hard_negatives_as_released = hard_negatives_as_released
         self.crop_size = crop_size
         self.roi_sampling_ratio = roi_sampling_ratio
         self.roi_aligned = roi_aligned
@@ -249,7 +253,8 @@ class SiamRCNN(nn.Module):
         roi_emb = self.head.embed(self._pool_rois(features, rois))  # [N, hidden]
         logits = self.score(roi_emb, self.encode_crops(crops))  # [B, N]
         labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives)
-        keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query)
+        keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
+                                   as_released=self.hard_negatives_as_released)
         if keep.any():
             loss_siam = F.binary_cross_entropy_with_logits(logits[keep], labels[keep])
         else:  # no ROI at all in the batch
