@@ -86,6 +86,13 @@ def skipped_queries(annotations: VQAnnotationFile, raw: Mapping) -> dict[str, st
     return dict(zip(names, (str(p) for p in annotations.problems)))
 
 
+def _only_clips(raw: Mapping, clip_uids: set) -> dict:
+    """The decoded annotation file ``raw`` with only the clips in ``clip_uids``."""
+    videos = [{**v, "clips": [c for c in v.get("clips") or [] if c.get("clip_uid") in clip_uids]}
+              for v in raw.get("videos") or []]
+    return {**raw, "videos": [v for v in videos if v["clips"]]}
+
+
 def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Mapping[str, QueryOutcome]) -> dict:
     """Write the predictions (or submission), score it, write diagnostics and plots; return
     the metrics (annotated split) or {search_efficiency, num_queries} (test split). Both
@@ -95,6 +102,8 @@ def write_reports(settings: Mapping, annotations: VQAnnotationFile, outcomes: Ma
     out = Path(settings["output_dir"])
     queries = annotations.queries()
     raw = read_json(settings["annotations"])
+    if settings.get("max_clips") is not None:  # score the evaluated clips only
+        raw = _only_clips(raw, {c.clip_uid for v in annotations.videos for c in v.clips})
     failed = [q for q in queries if outcomes[q.name].error is not None]
     if failed:
         logger.warning("%d of %d queries failed and are scored as empty tracks:", len(failed), len(queries))
