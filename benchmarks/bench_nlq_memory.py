@@ -116,6 +116,7 @@ def run_once(features_root: Path, clips: int, queries_per_clip: int, workers: in
     began = time.time()
     dataset.attach_store(open_or_build_store(features, dataset.clip_list(), dataset.store_pool_len(), store_dir))
     built = time.time() - began
+    build_peak, sampler_thread.peak = sampler_thread.peak, 0
     sampler = EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
     loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers,
                         collate_fn=NLQCollator(lambda texts: {"n": len(texts)}), persistent_workers=workers > 0)
@@ -125,7 +126,8 @@ def run_once(features_root: Path, clips: int, queries_per_clip: int, workers: in
     time.sleep(0.1)
     sampler_thread.stop_flag = True
     sampler_thread.join()
-    return {"clips": clips, "queries": len(queries), "peak_bytes": sampler_thread.peak, "bytes_per_query": per_query,
+    return {"clips": clips, "queries": len(queries), "peak_bytes": max(build_peak, sampler_thread.peak),
+            "build_peak_bytes": build_peak, "epoch_peak_bytes": sampler_thread.peak, "bytes_per_query": per_query,
             "store_build_s": built, "epoch_s": epoch, "batches": batches}
 
 
@@ -157,7 +159,8 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results.append(result)
             print(f"N={clips:5d} clips, {result['queries']:7d} queries, {args.workers} workers: peak PSS "
-                  f"{result['peak_bytes'] / 2**20:8.1f} MiB (store built in {result['store_build_s']:.1f} s, "
+                  f"{result['peak_bytes'] / 2**20:8.1f} MiB (building the store {result['build_peak_bytes'] / 2**20:.1f}, "
+                  f"epoch {result['epoch_peak_bytes'] / 2**20:.1f}; store built in {result['store_build_s']:.1f} s, "
                   f"epoch of {result['batches']} batches in {result['epoch_s']:.1f} s)", flush=True)
     small, large = results
     slope = (large["peak_bytes"] - small["peak_bytes"]) / (large["clips"] - small["clips"])  # bytes per clip

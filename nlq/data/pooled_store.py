@@ -127,7 +127,7 @@ class PooledStore:
 
 
 def _write_store(folder: Path, features: FeatureStore, clips: list[ClipArgs], pool_len: int | None,
-                 key: StoreKey) -> None:
+                 key: StoreKey, name: str) -> None:
     """Write the store into ``folder`` (a fresh folder): one clip in memory at a time."""
     folder.mkdir(parents=True)
     dim = sum(features.dims)
@@ -153,15 +153,15 @@ def _write_store(folder: Path, features: FeatureStore, clips: list[ClipArgs], po
             row += length
         f.flush()
         os.fsync(f.fileno())
-    atomic_write_json(folder / "manifest.json", key.as_dict(), indent=1)
+    atomic_write_json(folder / "manifest.json", {**key.as_dict(), "name": name}, indent=1)
     atomic_write_json(folder / "index.json", {"dim": dim, "pool_len": pool_len, "offset": offset, "clips": index})
 
 
-def _latest_manifest(store_dir: Path, exclude: str) -> dict | None:
+def _latest_manifest(store_dir: Path, exclude: str, name: str) -> dict | None:
+    """The newest other store's manifest of the same name (e.g. the train split's)."""
     manifests = [p for p in store_dir.glob("*/manifest.json") if p.parent.name != exclude]
-    if not manifests:
-        return None
-    return read_json(max(manifests, key=lambda p: p.stat().st_mtime))
+    manifests = [m for m in (read_json(p) | {"_mtime": p.stat().st_mtime} for p in manifests) if m.get("name") == name]
+    return max(manifests, key=lambda m: m["_mtime"]) if manifests else None
 
 
 def open_or_build_store(features: FeatureStore, clips: list[ClipArgs], pool_len: int | None,
@@ -178,23 +178,23 @@ def open_or_build_store(features: FeatureStore, clips: list[ClipArgs], pool_len:
         log.info("%s: reusing (%d clips, same feature files, clips and pooling)", label, len(clips))
         return PooledStore(folder)
     if distributed.is_main_process():
-        _build(features, clips, pool_len, store_dir, key, label)
+        _build(features, clips, pool_len, store_dir, key, label, name)
     distributed.barrier()
     if not (folder / "index.json").is_file():  # a node-local store_dir on another node
-        _build(features, clips, pool_len, store_dir, key, label)
+        _build(features, clips, pool_len, store_dir, key, label, name)
     return PooledStore(folder)
 
 
 def _build(features: FeatureStore, clips: list[ClipArgs], pool_len: int | None, store_dir: Path,
-           key: StoreKey, label: str) -> None:
+           key: StoreKey, label: str, name: str) -> None:
     store_dir.mkdir(parents=True, exist_ok=True)
-    previous = _latest_manifest(store_dir, exclude=key.key)
+    previous = _latest_manifest(store_dir, exclude=key.key, name=name)
     why = "no store yet" if previous is None else f"changed since the last store: {key.why_new(previous)}"
     log.info("%s: building %d clips, pooled to %s steps (%s)", label, len(clips), pool_len or "no fewer", why)
     tmp = store_dir / f".{key.key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_store(tmp, features, clips, pool_len, key)
+        _write_store(tmp, features, clips, pool_len, key, name)
         try:
             os.replace(tmp, store_dir / key.key)
         except OSError:  # another process finished the same store first

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from episodic import distributed
 from episodic.errors import DataError
-from nlq.data.annotations import NLQAnnotationFile, NLQQuery, describe_derived, load_nlq_annotations
+from nlq.data.annotations import NLQAnnotationFile, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, build_augmentations
 from nlq.data.dataset import EpochSampler, NLQCollator, NLQDataset, resolve_data_config
 from nlq.data.features import FeatureStore
@@ -149,11 +149,14 @@ def drop_missing_features(queries: list[NLQQuery], features: FeatureStore) -> tu
     return kept, missing
 
 
-def ensure_naq_file(naq_file: str | Path, narrations: str | Path, annotations_dir: str | Path) -> dict | None:
+def ensure_naq_file(naq_file: str | Path, narrations: str | Path | None, annotations_dir: str | Path) -> dict | None:
     """Build the NLQ + NaQ training file when it does not exist (main process; the others
     wait). Returns the creation counts when it was built here, else None."""
     naq_file = Path(naq_file)
     stats = None
+    if not naq_file.is_file() and narrations is None:
+        raise DataError(f"NaQ training file not found: {naq_file} (and no narrations to build it from; "
+                        "give naq_file=<NaQ's released file>)")
     if not naq_file.is_file() and distributed.is_main_process():
         log.info("%s not found: building it from %s and %s", naq_file, narrations, annotations_dir)
         result = make_naq(narrations, annotations_dir, naq_file)
@@ -171,8 +174,6 @@ def naq_file_report(naq: NLQAnnotationFile, nlq_train: Path) -> dict:
     both must have the same video times. Returns what was derived (NaQ's released layout) and
     the number of clips compared; logs both."""
     report: dict[str, Any] = {"derived": dict(naq.derived), "clips_checked_against_nlq_train": 0}
-    if naq.derived:
-        log.info("NaQ file %s: derived %s", naq.path, describe_derived(naq.derived))
     if nlq_train.is_file() and nlq_train.resolve() != Path(naq.path).resolve():
         report["clips_checked_against_nlq_train"] = check_clip_times(naq, load_nlq_annotations(nlq_train))
         log.info("NaQ file %s: video times of %d clips agree with %s", naq.path,
