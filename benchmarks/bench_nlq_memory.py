@@ -88,8 +88,10 @@ def make_features(folder: Path, clips: int) -> None:
     (folder / "slowfast" / "feature_shapes.json").write_text(json.dumps(shapes))
 
 
-def run_once(features_root: Path, clips: int, queries_per_clip: int, workers: int, store_dir: Path) -> dict:
-    """One size, in this (fresh) process: peak PSS and bytes per query record."""
+def run_once(features_root: Path, clips: int, queries_per_clip: int, workers: int, store_dir: Path,
+             use_store: bool = True) -> dict:
+    """One size, in this (fresh) process: peak PSS and bytes per query record. Without
+    ``use_store``: the pipeline before the store (every worker loads files and keeps them all)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -111,10 +113,11 @@ def run_once(features_root: Path, clips: int, queries_per_clip: int, workers: in
                                     (start, start + 5.0 + q % 11), 480.0, 0.0, None, 480.0))
     per_query = tracemalloc.get_traced_memory()[0] / len(queries)
     tracemalloc.stop()
-    features = FeatureStore(features_root, ["slowfast"])
+    features = FeatureStore(features_root, ["slowfast"], cache_size=None if not use_store else 4)
     dataset = NLQDataset(queries, features, max_len=MAX_LEN, train=True, seed=0)
     began = time.time()
-    dataset.attach_store(open_or_build_store(features, dataset.clip_list(), dataset.store_pool_len(), store_dir))
+    if use_store:
+        dataset.attach_store(open_or_build_store(features, dataset.clip_list(), dataset.store_pool_len(), store_dir))
     built = time.time() - began
     build_peak, sampler_thread.peak = sampler_thread.peak, 0
     sampler = EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
@@ -138,12 +141,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--full-clips", type=int, default=6000, help="clips of v2 NLQ train + the NaQ clip pool")
     parser.add_argument("--full-queries", type=int, default=1_000_000, help="queries of v2 NLQ train + NaQ")
+    parser.add_argument("--no-store", action="store_true",
+                        help="measure the pipeline without the store (per-worker file caches, unlimited)")
     parser.add_argument("--work-dir", default=None, help="folder for the generated files (default: a temporary one)")
     parser.add_argument("--_run", nargs=3, help=argparse.SUPPRESS)  # features_root clips store_dir (child)
     args = parser.parse_args()
     if args._run:
         root, clips, store = args._run
-        print(json.dumps(run_once(Path(root), int(clips), args.queries_per_clip, args.workers, Path(store))))
+        print(json.dumps(run_once(Path(root), int(clips), args.queries_per_clip, args.workers, Path(store),
+                                  use_store=not args.no_store)))
         return
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         tmp = Path(tmp)
@@ -153,7 +159,7 @@ def main() -> None:
         results = []
         for clips in (args.clips, 4 * args.clips):
             cmd = [sys.executable, __file__, "--queries-per-clip", str(args.queries_per_clip),
-                   "--workers", str(args.workers), "--_run", str(tmp / "features"), str(clips), str(tmp / "store")]
+                   "--workers", str(args.workers), *(["--no-store"] if args.no_store else []), "--_run", str(tmp / "features"), str(clips), str(tmp / "store")]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": str(REPO)})
             result = json.loads(out.stdout.strip().splitlines()[-1])

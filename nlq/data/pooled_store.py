@@ -176,10 +176,9 @@ def open_or_build_store(features: FeatureStore, clips: list[ClipArgs], pool_len:
     label = f"feature store {name + ' ' if name else ''}{folder}"
     if (folder / "index.json").is_file():
         log.info("%s: reusing (%d clips, same feature files, clips and pooling)", label, len(clips))
-        return PooledStore(folder)
-    if distributed.is_main_process():
+    elif distributed.is_main_process():
         _build(features, clips, pool_len, store_dir, key, label, name)
-    distributed.barrier()
+    distributed.barrier()  # every rank once, whether its node sees the store or not
     if not (folder / "index.json").is_file():  # a node-local store_dir on another node
         _build(features, clips, pool_len, store_dir, key, label, name)
     return PooledStore(folder)

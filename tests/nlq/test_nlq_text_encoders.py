@@ -158,11 +158,8 @@ def test_clip_encoder_matches_the_checkpoint_text_tower(tiny_clip):
     assert torch.allclose(emb, expected.last_hidden_state, atol=1e-5)
 
 
-def test_vslnet_trains_on_frozen_bert(tiny_bert):
-    encoder = build_text_encoder({"name": "bert", "model_path": str(tiny_bert), "max_length": 16})
-    model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
-                        encoder, video_dim=5).train()
-    frozen = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+def one_training_step(model, encoder) -> None:
+    """One AdamW step of ``model`` on a 2-query batch of random 5-d features."""
     batch = {"video": torch.randn(2, 6, 5), "video_mask": torch.ones(2, 6, dtype=torch.bool), "feature_dims": [5],
              "text": encoder.tokenize(TRAIN[:2]), "duration": torch.tensor([3.0, 3.0]),
              "start_label": torch.tensor([1, 2]), "end_label": torch.tensor([3, 2]),
@@ -170,6 +167,14 @@ def test_vslnet_trains_on_frozen_bert(tiny_bert):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(batch)["loss"].backward()
     optimizer.step()
+
+
+def test_vslnet_trains_on_frozen_bert(tiny_bert):
+    encoder = build_text_encoder({"name": "bert", "model_path": str(tiny_bert), "max_length": 16})
+    model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
+                        encoder, video_dim=5).train()
+    frozen = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    one_training_step(model, encoder)
     assert all(torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in frozen.items())
     assert model.fusion.text_projection[1].weight.grad is not None
     assert not any(k.startswith("text_encoder.backbone") for k in model.state_dict())
@@ -231,12 +236,6 @@ def test_pretrained_encoder_fine_tuned_trains_and_is_saved(tiny_bert):
     model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
                         encoder, video_dim=5).train()
     before = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
-    batch = {"video": torch.randn(2, 6, 5), "video_mask": torch.ones(2, 6, dtype=torch.bool), "feature_dims": [5],
-             "text": encoder.tokenize(TRAIN[:2]), "duration": torch.tensor([3.0, 3.0]),
-             "start_label": torch.tensor([1, 2]), "end_label": torch.tensor([3, 2]),
-             "highlight_label": torch.zeros(2, 6)}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model(batch)["loss"].backward()
-    optimizer.step()
+    one_training_step(model, encoder)
     assert any(not torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in before.items())
     assert any(k.startswith("text_encoder.backbone") for k in model.state_dict())
