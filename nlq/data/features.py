@@ -92,7 +92,7 @@ def rate_of(name: str, rates: Mapping[str, float] | None = None, rate: float | N
             known = KNOWN_RATES[prefixes[0]] if prefixes else None
         if known is None:
             raise DataError(f"feature set '{name}': unknown rate (features per second); give it with "
-                            f"data.features.rates.{name}=<rate> (known sets: {', '.join(sorted(KNOWN_RATES))})")
+                            f"+data.features.rates.{name}=<rate> (known sets: {', '.join(sorted(KNOWN_RATES))})")
         value = known
     if not value > 0:
         raise DataError(f"feature set '{name}': rate must be > 0 (got {value})")
