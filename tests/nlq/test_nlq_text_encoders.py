@@ -222,8 +222,8 @@ print(json.dumps({"dim": enc.output_dim, "layers": enc.backbone.config.num_hidde
 """
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "empty_hf_home")}
-    out = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+           "HF_HOME": str(tmp_path / "empty_hf_home"), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["dim"] == 384 and result["layers"] == 6 and result["vocab"] == 30522 and result["params"] == 0
