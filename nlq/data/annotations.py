@@ -5,9 +5,17 @@ loader; a writer; and :meth:`NLQAnnotationFile.queries`, one :class:`NLQQuery` r
 query with text, identified by ``(clip_uid, annotation_uid, query_idx)`` where
 ``query_idx`` is the position in ``language_queries`` (queries without text are skipped
 but keep the positions of the others). Windows are seconds relative to the clip.
+
+Besides the Ego4D files (v1, v2), the layout NaQ's release writes (``nlq_aug_naq_train*.json``,
+``tacos_*.json``) loads as it is: no ``version``; clips with ``video_start_sec`` /
+``video_end_sec`` but no ``clip_start_sec`` / ``clip_end_sec`` (derived: 0 and the clip's
+video length); narration queries with ``clip_start_sec`` / ``clip_end_sec`` /
+``video_start_sec`` / ``video_end_sec`` / ``query`` only. What was derived is counted in
+:attr:`NLQAnnotationFile.derived` and logged (docs/data.md#naq-files).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +24,8 @@ from typing import Iterator, NamedTuple
 from episodic.errors import AnnotationError
 from episodic.io import atomic_write_json, read_json
 from episodic.schema import Node, check_version, extras
+
+log = logging.getLogger(__name__)
 
 _LQ_FIELDS = {"query", "clip_start_sec", "clip_end_sec", "template"}
 _CLIP_FIELDS = {"clip_uid", "video_start_sec", "video_end_sec", "clip_start_sec", "clip_end_sec",
@@ -132,6 +142,14 @@ class NLQQuery:
     clip_duration: float
     video_start_sec: float
     template: str | None = None
+    video_end_sec: float | None = None  # the clip's own end in video seconds (None: start + duration)
+
+    @property
+    def video_bounds(self) -> tuple[float, float]:
+        """The clip's ``(video_start_sec, video_end_sec)``: its own end when the file gives one
+        (it may differ from start + clip duration by ~0.1 s in real files)."""
+        end = self.video_end_sec if self.video_end_sec is not None else self.video_start_sec + self.clip_duration
+        return self.video_start_sec, end
 
     @property
     def key(self) -> NLQKey:
@@ -140,10 +158,11 @@ class NLQQuery:
 
 @dataclass
 class NLQAnnotationFile:
-    version: str
+    version: str  # "" for a file without one (NaQ's released layout)
     videos: list[NLQVideo]
     meta: dict = field(default_factory=dict)
     path: str = ""
+    derived: dict = field(default_factory=dict)  # field -> number of entries it was derived for
 
     def clips(self) -> Iterator[tuple[NLQVideo, NLQClip]]:
         for video in self.videos:
@@ -160,7 +179,7 @@ class NLQAnnotationFile:
                         continue
                     out.append(NLQQuery(video.video_uid, clip.clip_uid, ann.annotation_uid, idx,
                                         lq.query, lq.window, clip.duration, clip.video_start_sec,
-                                        lq.template))
+                                        lq.template, clip.video_end_sec))
         return out
 
     def num_language_queries(self) -> int:
@@ -168,12 +187,29 @@ class NLQAnnotationFile:
         return sum(len(a.language_queries) for _, c in self.clips() for a in c.annotations)
 
     def to_dict(self) -> dict:
-        return {"version": self.version, **self.meta, "videos": [v.to_dict() for v in self.videos]}
+        head = {"version": self.version} if self.version else {}
+        return {**head, **self.meta, "videos": [v.to_dict() for v in self.videos]}
 
 
-def _parse_clip(node: Node) -> NLQClip:
-    start = node.float("clip_start_sec", 0.0)
-    end = node.float("clip_end_sec")
+def _parse_clip(node: Node, derived: dict) -> NLQClip:
+    video_start = node.float("video_start_sec", None)
+    video_end = node.float("video_end_sec", None)
+    if video_start is not None and video_end is not None and video_end <= video_start:
+        raise node.field("video_end_sec").error(f"clip ends before it starts ({video_start:g} >= {video_end:g})")
+    if node.value.get("clip_end_sec") is None:  # NaQ's released layout: clip bounds from the video bounds
+        if video_start is None or video_end is None:
+            raise node.error("a clip needs clip_end_sec, or video_start_sec and video_end_sec")
+        derived["clip_start_sec"] = derived.get("clip_start_sec", 0) + (node.value.get("clip_start_sec") is None)
+        derived["clip_end_sec"] = derived.get("clip_end_sec", 0) + 1
+        start = node.float("clip_start_sec", 0.0)
+        end = start + video_end - video_start
+    else:
+        start = node.float("clip_start_sec", 0.0)
+        end = node.float("clip_end_sec")
+    if video_start is None or video_end is None:
+        derived["video_start_sec/video_end_sec"] = derived.get("video_start_sec/video_end_sec", 0) + 1
+        video_start = 0.0 if video_start is None else video_start
+        video_end = video_start + end - start if video_end is None else video_end
     if end <= start:
         raise node.field("clip_end_sec").error(f"clip ends before it starts ({start:g} >= {end:g})")
     annotations = []
@@ -182,20 +218,36 @@ def _parse_clip(node: Node) -> NLQClip:
             annotation_uid=a.str("annotation_uid"),
             language_queries=[LanguageQuery.parse(q) for q in a.list("language_queries")],
             extra=extras(a.value, {"annotation_uid", "language_queries"})))
-    return NLQClip(clip_uid=node.str("clip_uid"), video_start_sec=node.float("video_start_sec", 0.0),
-                   video_end_sec=node.float("video_end_sec", 0.0), clip_start_sec=start,
+    return NLQClip(clip_uid=node.str("clip_uid"), video_start_sec=video_start,
+                   video_end_sec=video_end, clip_start_sec=start,
                    clip_end_sec=end, annotations=annotations, extra=extras(node.value, _CLIP_FIELDS))
 
 
 def parse_nlq_annotations(data: dict, file: str = "<memory>") -> NLQAnnotationFile:
     """Validate and type an already-decoded NLQ annotation dict."""
     root = Node(data, file).expect(dict)
-    version = check_version(root.field("version").value, file)
+    derived: dict[str, int] = {}
+    if "version" in data:
+        version = check_version(root.field("version").value, file)
+    else:  # NaQ's merge_naq_and_nlq writes {"videos": [...]} only
+        version = ""
+        derived["version"] = 1
     videos = [NLQVideo(video_uid=v.str("video_uid"), split=v.str("split", None),
-                       clips=[_parse_clip(c) for c in v.list("clips")])
+                       clips=[_parse_clip(c, derived) for c in v.list("clips")])
               for v in root.list("videos")]
+    if derived:
+        log.info("%s: NaQ release layout: derived %s", file, describe_derived(derived))
     return NLQAnnotationFile(version=version, videos=videos, meta=extras(data, {"version", "videos"}),
-                             path=file)
+                             path=file, derived=derived)
+
+
+def describe_derived(derived: dict[str, int]) -> str:
+    """One line naming what a loader derived, e.g. ``clip_end_sec (= video_end_sec - video_start_sec) for 12 clips``."""
+    how = {"version": "no version (an unversioned file)",
+           "clip_start_sec": "clip_start_sec (= 0) for {n} clips",
+           "clip_end_sec": "clip_end_sec (= clip_start_sec + video_end_sec - video_start_sec) for {n} clips",
+           "video_start_sec/video_end_sec": "video_start_sec/video_end_sec (= 0 and the clip's length) for {n} clips"}
+    return "; ".join(how.get(k, k + " for {n} entries").format(n=n) for k, n in derived.items())
 
 
 def load_nlq_annotations(path: str | os.PathLike) -> NLQAnnotationFile:
@@ -207,5 +259,5 @@ def write_nlq_annotations(ann: NLQAnnotationFile, path: str | os.PathLike, inden
 
 
 __all__ = ["AnnotationError", "LanguageQuery", "NLQAnnotation", "NLQClip", "NLQVideo", "NLQKey",
-           "NLQQuery", "NLQAnnotationFile", "parse_nlq_annotations", "load_nlq_annotations",
+           "NLQQuery", "NLQAnnotationFile", "parse_nlq_annotations", "describe_derived", "load_nlq_annotations",
            "write_nlq_annotations"]

@@ -15,13 +15,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
 from episodic.errors import DataError
 from nlq.data.annotations import NLQKey, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, Augmentation, AugmentSample, apply_augmentations, build_augmentations
-from nlq.data.features import FEATURES_PER_SECOND, FeatureStore, pool_to_max_len
+from nlq.data.features import FeatureFileError, FeatureStore, pool_to_max_len
 from nlq.data.labels import highlight_labels, is_naq_query, span_labels
+from nlq.data.pooled_store import PooledStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ class NLQDataset(Dataset):
         augmentations: applied in order to training samples with a GT window, after the NaQ
             expansion and before pooling (:mod:`nlq.data.augment`; ReLER); None = off.
             Video splicing draws its donor among the dataset's other clips.
+        skip_bad_features: a clip whose feature file is missing or of the wrong shape
+            (:meth:`FeatureStore.check_clip`) has its queries skipped and counted
+            (``stats["bad_feature_clips"]``, names in ``bad_feature_examples``) instead of
+            raising a :class:`~nlq.data.features.FeatureFileError` naming the clip and file.
+        store: where samples read their features from once it is set
+            (:meth:`attach_store`; a :class:`~nlq.data.pooled_store.PooledStore` of this
+            dataset's clips); None: from ``features`` directly.
 
     A sample is a dict: ``key`` (NLQKey), ``query`` (str, as in the file), ``video`` [N, D]
     (N = min(T, max_len)), ``feature_dims`` (D of each feature set), ``duration`` (s),
@@ -72,23 +80,43 @@ class NLQDataset(Dataset):
                  naq_expansion: float | None = 2.5, seed: int | None = None,
                  min_window_sec: float | None = MIN_WINDOW_SEC,
                  short_feature_tolerance: int = SHORT_FEATURE_TOLERANCE, name: str = "",
-                 augmentations: list[Augmentation] | None = None):
+                 augmentations: list[Augmentation] | None = None, skip_bad_features: bool = False):
         self.features = features
         self.max_len = int(max_len)
         self.train = bool(train)
         self.naq_expansion = naq_expansion if naq_expansion and naq_expansion > 1.0 else None
         self.seed = seed
+        self.base_seed = seed
         self.short_feature_tolerance = short_feature_tolerance
         self.name = name
         self.augmentations = list(augmentations) if augmentations else None
+        self.store: PooledStore | None = None
         self.stats = {"queries": len(queries), "dropped_short_window": 0, "short_features": 0,
-                      "window_outside_features": 0, "naq": 0, "kept": 0}
+                      "window_outside_features": 0, "naq": 0, "kept": 0, "bad_feature_clips": 0,
+                      "bad_feature_queries": 0}
+        self.bad_feature_examples: list[str] = []
         self.queries: list[NLQQuery] = []
+        checked: dict[tuple, int | None] = {}  # clip args -> steps (None: bad files, skipped)
         for q in queries:
             if q.window is not None and min_window_sec is not None and q.window[1] - q.window[0] <= min_window_sec:
                 self.stats["dropped_short_window"] += 1
                 continue
-            duration, short = self._duration(self._num_steps(q), q)
+            clip = self._clip_args(q)
+            if clip not in checked:
+                try:
+                    checked[clip] = self.features.check_clip(*clip)
+                except FeatureFileError as e:
+                    if not skip_bad_features:
+                        raise
+                    checked[clip] = None
+                    self.stats["bad_feature_clips"] += 1
+                    if len(self.bad_feature_examples) < 5:
+                        self.bad_feature_examples.append(str(e))
+                    log.warning("%s: skipping the queries of clip %s: %s", name or "NLQDataset", q.clip_uid, e)
+            if checked[clip] is None:
+                self.stats["bad_feature_queries"] += 1
+                continue
+            duration, short = self._duration(checked[clip], q)
             self.stats["short_features"] += short
             if q.window is not None and min(q.window[1], duration) - q.window[0] <= 0:
                 self.stats["window_outside_features"] += 1
@@ -110,7 +138,8 @@ class NLQDataset(Dataset):
         return (f"NLQDataset {self.name or ''}: {s['kept']} of {s['queries']} queries ({s['naq']} NaQ); "
                 f"dropped {s['dropped_short_window']} with a window <= min_window_sec; "
                 f"{s['window_outside_features']} with the window outside the features ({outside}); "
-                f"{s['short_features']} with features shorter than the clip"
+                f"{s['short_features']} with features shorter than the clip; "
+                f"{s['bad_feature_queries']} skipped in {s['bad_feature_clips']} clips with bad feature files"
                 + (f"; augmentations {self.augmentations}" if self.train and self.augmentations else ""))
 
     def __len__(self) -> int:
@@ -122,12 +151,35 @@ class NLQDataset(Dataset):
         self.seed = seed * 100_003 + epoch
         self._rng = None  # recreated from ``seed`` at the next draw
 
+    def clip_list(self) -> list[tuple[str, str, float, float]]:
+        """Distinct clips of the dataset: ``(clip_uid, video_uid, video_start_sec, video_end_sec)``."""
+        return list(self._clips)
+
+    def store_pool_len(self) -> int | None:
+        """Steps a store for this dataset keeps per clip: ``max_len`` (already pooled), or
+        None (every step) when training augmentations need the unpooled features."""
+        return None if self.train and self.augmentations else self.max_len
+
+    def attach_store(self, store: PooledStore) -> None:
+        """Read features from ``store`` (built for :meth:`clip_list` and :meth:`store_pool_len`)."""
+        if store.pool_len != self.store_pool_len():
+            raise ValueError(f"store pooled to {store.pool_len} steps, dataset needs {self.store_pool_len()}")
+        missing = [c for c in self._clips if c not in store]
+        if missing:
+            raise ValueError(f"store {store.folder} lacks {len(missing)} clips of this dataset, e.g. {missing[0][0]}")
+        self.store = store
+
     # Helpers -------------------------------------------------------------------------------
     def _clip_args(self, q: NLQQuery) -> tuple[str, str, float, float]:
-        return q.clip_uid, q.video_uid, q.video_start_sec, q.video_start_sec + q.clip_duration
+        """The clip's own video bounds (``video_end_sec`` from the file, not start + duration)."""
+        return (q.clip_uid, q.video_uid, *q.video_bounds)
 
-    def _num_steps(self, q: NLQQuery) -> int:
-        return self.features.num_steps(*self._clip_args(q))
+    def _clip_features(self, clip: tuple) -> tuple[torch.Tensor, int]:
+        """(features [L, D], steps before pooling): L = steps, or at most ``max_len`` from a pooled store."""
+        if self.store is not None:
+            return self.store.get(clip)
+        feat = self.features.clip_features(*clip)
+        return feat, feat.shape[0]
 
     def _duration(self, num_steps: int, q: NLQQuery) -> tuple[float, bool]:
         """(seconds the sample spans, whether the features are short of the clip)."""
@@ -137,6 +189,12 @@ class NLQDataset(Dataset):
         if covered < q.clip_duration - self.short_feature_tolerance / self.features.rate:
             return covered, True
         return q.clip_duration, False
+
+    def _sample_generator(self, index: int, epoch: int) -> np.random.Generator:
+        """RNG of one (epoch, sample) draw (:class:`EpochSampler`): the same in any worker,
+        so persistent workers and resumed runs draw what an uninterrupted run draws."""
+        base = self.base_seed if self.base_seed is not None else torch.initial_seed()
+        return np.random.default_rng([base, epoch, index])
 
     def _generator(self) -> np.random.Generator:
         """Per-process RNG: reseeded in each DataLoader worker and each epoch (``info.seed``)."""
@@ -156,24 +214,30 @@ class NLQDataset(Dataset):
             if len(self._clips) < 2:
                 return None
             other = int(rng.integers(len(self._clips) - 1))
-            return self.features.clip_features(*self._clips[other + (other >= own)])
+            return self._clip_features(self._clips[other + (other >= own)])[0]
 
         return draw
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """``index``, or ``(index, epoch)`` from :class:`EpochSampler` (random draws seeded
+        by seed, epoch and index instead of the worker's stream)."""
+        rng = None
+        if isinstance(index, tuple):
+            index, epoch = index
+            rng = self._sample_generator(index, epoch)
         q = self.queries[index]
-        feat = self.features.clip_features(*self._clip_args(q))  # [T, D]
-        duration, _ = self._duration(feat.shape[0], q)
+        feat, raw_steps = self._clip_features(self._clip_args(q))  # [T, D] (or already pooled)
+        duration, _ = self._duration(raw_steps, q)
         naq = is_naq_query(q.query)
         window = None
         if q.window is not None:
             start = min(max(q.window[0], 0.0), duration)
             window = (start, min(max(q.window[1], start), duration))
             if self.train and naq and self.naq_expansion is not None:
-                window = expand_window(window, duration, self.naq_expansion, self._generator())
+                window = expand_window(window, duration, self.naq_expansion, rng or self._generator())
             if self.train and self.augmentations:
                 augmented = apply_augmentations(self.augmentations, AugmentSample(feat, window, duration),
-                                                self._generator(), self._donor_sampler(q))
+                                                rng or self._generator(), self._donor_sampler(q))
                 feat, window, duration = augmented.features, augmented.window, augmented.duration
         video = pool_to_max_len(feat, self.max_len)  # [N, D]
         num_steps = video.shape[0]
@@ -185,6 +249,16 @@ class NLQDataset(Dataset):
             sample.update(window=window, start_label=s_idx, end_label=e_idx,
                           highlight_label=torch.from_numpy(highlight_labels(s_idx, e_idx, num_steps)))
         return sample
+
+
+class EpochSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` yielding ``(index, epoch)``: the
+    dataset seeds each sample's random draws from them, so they do not depend on which
+    (persistent) worker loads it. Call ``set_epoch(epoch)`` before every epoch."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((index, epoch) for index in super().__iter__())
 
 
 class NLQCollator:
@@ -249,8 +323,13 @@ DATA_DEFAULTS: dict = {
         "names": ["synthetic"],          # sets concatenated along D (ReLER: [main, clip]);
                                          # synthetic: synthetic (+ synthetic_clip); Ego4D: e.g. slowfast
         "per": "clip",                   # files per "clip" (clip_uid.pt) or per "video"
-        "rate": FEATURES_PER_SECOND,     # features per second
-        "cache_size": None,              # files kept in memory (None: all)
+        "rate": None,                    # features per second of every set (None: per set, see rates)
+        "rates": {},                     # set name -> features per second (absent: known sets' rates)
+        "cache_size": 4,                 # whole files kept in memory per process (None: all)
+        "length_tolerance": 1,           # steps a file may differ from duration x rate
+        "skip_bad": False,               # skip (and count) clips with missing / wrongly shaped files
+        "store": True,                   # training: features pooled once into a store on disk
+        "store_dir": None,               # its folder (None: OUTPUT/feature_store; share it between runs)
     },
     "max_len": 128,                      # pool longer features to this (VSLNet 128, ReLER 600)
     "naq_expansion": 2.5,                # NaQ window expansion scale S (5.0 NaQ++; null: off)
@@ -265,7 +344,7 @@ def _merge(defaults: Mapping, overrides: Mapping, where: str) -> dict:
     for key, value in overrides.items():
         if key not in defaults:
             raise KeyError(f"unknown config key '{where}{key}' (known: {', '.join(defaults)})")
-        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping) and key != "splits":
+        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping) and key not in ("splits", "rates"):
             out[key] = _merge(defaults[key], value, f"{where}{key}.")
         else:
             out[key] = value
@@ -307,5 +386,6 @@ def build_datasets(cfg: Mapping | None, splits: list[str] | None = None,
                                 naq_expansion=resolved["naq_expansion"], seed=resolved["seed"],
                                 min_window_sec=resolved["min_window_sec"], name=split,
                                 augmentations=(build_augmentations(resolved["augment"])
-                                               if split in resolved["train_splits"] else None))
+                                               if split in resolved["train_splits"] else None),
+                                skip_bad_features=bool(resolved["features"]["skip_bad"]))
     return out

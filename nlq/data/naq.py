@@ -12,6 +12,7 @@ chunks, clips and videos only.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import warnings
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from episodic.errors import DataError
 from episodic.io import atomic_write_json, read_json
 from episodic.schema import Node
-from nlq.data.annotations import parse_nlq_annotations
+from nlq.data.annotations import NLQAnnotationFile, parse_nlq_annotations
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +267,29 @@ def make_naq(narrations_path: str | os.PathLike, annotations_dir: str | os.PathL
                      "counts": stats.as_dict()}
     atomic_write_json(out_path, merged)
     return stats
+
+
+# Released NaQ files --------------------------------------------------------------------------
+def check_clip_times(naq: NLQAnnotationFile, nlq: NLQAnnotationFile, abs_tol: float = 1e-6) -> int:
+    """Check that every clip of ``naq`` (an NLQ + NaQ file, e.g. NaQ's released
+    ``nlq_aug_naq_train*.json``) that ``nlq`` also lists has the same video and the same
+    ``video_start_sec`` / ``video_end_sec`` (NaQ's own merge asserts this). Returns the number
+    of clips compared; a disagreement is a :class:`DataError` naming both files and the clip."""
+    reference = {clip.clip_uid: (video.video_uid, clip.video_start_sec, clip.video_end_sec)
+                 for video, clip in nlq.clips()}
+    compared = 0
+    for video, clip in naq.clips():
+        ref = reference.get(clip.clip_uid)
+        if ref is None:
+            continue
+        compared += 1
+        ref_video, ref_start, ref_end = ref
+        if ref_video != video.video_uid:
+            raise DataError(f"{naq.path}: clip {clip.clip_uid} is under video {video.video_uid}, "
+                            f"but {nlq.path} puts it under video {ref_video}")
+        for key, mine, theirs in (("video_start_sec", clip.video_start_sec, ref_start),
+                                  ("video_end_sec", clip.video_end_sec, ref_end)):
+            if not math.isclose(mine, theirs, rel_tol=1e-9, abs_tol=abs_tol):
+                raise DataError(f"{naq.path}: clip {clip.clip_uid} has {key} {mine!r}, but {nlq.path} "
+                                f"says {theirs!r} (the NaQ file was built from other NLQ annotations)")
+    return compared

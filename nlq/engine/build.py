@@ -22,10 +22,11 @@ from episodic import distributed
 from episodic.errors import DataError
 from nlq.data.annotations import NLQAnnotationFile, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, build_augmentations
-from nlq.data.dataset import NLQCollator, NLQDataset, resolve_data_config
+from nlq.data.dataset import EpochSampler, NLQCollator, NLQDataset, resolve_data_config
 from nlq.data.features import FeatureStore
 from nlq.data.labels import is_naq_query
-from nlq.data.naq import make_naq
+from nlq.data.naq import check_clip_times, make_naq
+from nlq.data.pooled_store import open_or_build_store
 from nlq.models.build import build_model, build_text_encoder
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,14 @@ def drop_missing_features(queries: list[NLQQuery], features: FeatureStore) -> tu
     return kept, missing
 
 
-def ensure_naq_file(naq_file: str | Path, narrations: str | Path, annotations_dir: str | Path) -> dict | None:
+def ensure_naq_file(naq_file: str | Path, narrations: str | Path | None, annotations_dir: str | Path) -> dict | None:
     """Build the NLQ + NaQ training file when it does not exist (main process; the others
     wait). Returns the creation counts when it was built here, else None."""
     naq_file = Path(naq_file)
     stats = None
+    if not naq_file.is_file() and narrations is None:
+        raise DataError(f"NaQ training file not found: {naq_file} (and no narrations to build it from; "
+                        "give naq_file=<NaQ's released file>)")
     if not naq_file.is_file() and distributed.is_main_process():
         log.info("%s not found: building it from %s and %s", naq_file, narrations, annotations_dir)
         result = make_naq(narrations, annotations_dir, naq_file)
@@ -163,6 +167,18 @@ def ensure_naq_file(naq_file: str | Path, narrations: str | Path, annotations_di
     if not naq_file.is_file():
         raise DataError(f"NaQ training file not found after building it: {naq_file}")
     return stats
+
+
+def naq_file_report(naq: NLQAnnotationFile, nlq_train: Path) -> dict:
+    """Check a loaded NLQ + NaQ file against the NLQ train file (when present): a clip listed by
+    both must have the same video times. Returns what was derived (NaQ's released layout) and
+    the number of clips compared; logs both."""
+    report: dict[str, Any] = {"derived": dict(naq.derived), "clips_checked_against_nlq_train": 0}
+    if nlq_train.is_file() and nlq_train.resolve() != Path(naq.path).resolve():
+        report["clips_checked_against_nlq_train"] = check_clip_times(naq, load_nlq_annotations(nlq_train))
+        log.info("NaQ file %s: video times of %d clips agree with %s", naq.path,
+                 report["clips_checked_against_nlq_train"], nlq_train)
+    return report
 
 
 @dataclass
@@ -199,6 +215,8 @@ def build_training_data(cfg: Any) -> TrainingData:
     annotations, queries, textless = load_queries(train_file)
     if "naq" in annotations.meta and "counts" in annotations.meta["naq"]:
         report.setdefault("naq_creation", annotations.meta["naq"]["counts"])
+    if queries_kind != "nlq":
+        report["naq_file"] = naq_file_report(annotations, Path(resolved["annotations_dir"]) / cfg.data.train_file)
     if queries_kind == "naq":
         queries = [q for q in queries if is_naq_query(q.query)]
     queries, missing = drop_missing_features(queries, features)
@@ -215,6 +233,16 @@ def build_training_data(cfg: Any) -> TrainingData:
     val_annotations, val_queries, val_textless = load_queries(resolved["splits"]["val"])
     val = _dataset(val_queries, features, resolved, train=False, seed=int(cfg.seed), name="val")
     report["val"] = {"file": resolved["splits"]["val"], "without_text": val_textless, **val.stats}
+    for name, dataset in (("train", train), ("val", val)):
+        if dataset.bad_feature_examples:
+            report[name]["bad_feature_examples"] = dataset.bad_feature_examples
+    if resolved["features"]["store"]:
+        store_dir = resolved["features"]["store_dir"] or Path(cfg.output_dir) / "feature_store"
+        for name, dataset in (("train", train), ("val", val)):
+            if len(dataset):
+                dataset.attach_store(open_or_build_store(features, dataset.clip_list(), dataset.store_pool_len(),
+                                                         store_dir, name=name))
+                report[name]["feature_store"] = str(dataset.store.folder)
     return TrainingData(train=train, val=val, val_annotations=val_annotations,
                         train_texts=[q.query for q in queries], report=report)
 
@@ -224,19 +252,21 @@ def _dataset(queries: list[NLQQuery], features: FeatureStore, resolved: Mapping,
     return NLQDataset(queries, features, max_len=resolved["max_len"], train=train,
                       naq_expansion=resolved["naq_expansion"], seed=seed,
                       min_window_sec=resolved["min_window_sec"], name=name,
-                      augmentations=build_augmentations(resolved["augment"]) if train else None)
+                      augmentations=build_augmentations(resolved["augment"]) if train else None,
+                      skip_bad_features=bool(resolved["features"]["skip_bad"]))
 
 
 def build_train_loader(dataset: NLQDataset, tokenize, batch_size: int, num_workers: int, seed: int,
                        info: distributed.DistInfo) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled training loader; ``batch_size`` is global (each of the ``world_size``
-    processes loads its share). Call ``sampler.set_epoch(epoch)`` before every epoch."""
+    processes loads its share). Call ``sampler.set_epoch(epoch)`` before every epoch.
+    Workers persist across epochs (the sampler hands them the epoch with each index)."""
     per_rank = max(1, batch_size // info.world_size)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=seed, drop_last=False)
+    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                           seed=seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
                         collate_fn=NLQCollator(tokenize), pin_memory=info.device.type == "cuda",
-                        drop_last=False)
+                        drop_last=False, persistent_workers=num_workers > 0)
     return loader, sampler
 
 

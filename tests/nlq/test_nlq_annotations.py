@@ -72,7 +72,9 @@ LQ = "videos[0].clips[0].annotations[0].language_queries[0]"
 
 @pytest.mark.parametrize("mutate, where, problem", [
     (lambda d: d.update(version=2), "version", "unknown version"),
-    (lambda d: d["videos"][0]["clips"][0].pop("clip_end_sec"), "videos[0].clips[0]", "missing field 'clip_end_sec'"),
+    (lambda d: [d["videos"][0]["clips"][0].pop(k) for k in ("clip_end_sec", "video_end_sec")], "videos[0].clips[0]",
+     "needs clip_end_sec, or video_start_sec and video_end_sec"),
+    (lambda d: d["videos"][0]["clips"][0].update(video_end_sec=5.0), "videos[0].clips[0].video_end_sec", "ends before"),
     (lambda d: d["videos"][0]["clips"][0].update(clip_end_sec=0.0), "videos[0].clips[0].clip_end_sec", "ends before"),
     (lambda d: d["videos"][0]["clips"][0]["annotations"][0].pop("annotation_uid"),
      "videos[0].clips[0].annotations[0]", "missing field 'annotation_uid'"),

@@ -234,7 +234,7 @@ def _queries() -> list[NLQQuery]:
 
 @pytest.mark.parametrize("max_len", [16, 256])  # pooled and not pooled (a splice adds at most 80 steps)
 def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
-    store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
+    store = FeatureStore(feature_root / "v2/nlq_features", ["sf"], rate=1.875)
     augs = [SlidingWindowCrop(0.5), VideoSplice(0.5)]
     dataset = NLQDataset(_queries(), store, max_len=max_len, train=True, seed=0, augmentations=augs)
     plain = NLQDataset(_queries(), store, max_len=max_len, train=True, seed=0)
@@ -262,7 +262,7 @@ def test_dataset_with_augmentations_yields_valid_labels(feature_root, max_len):
 
 
 def test_dataset_single_clip_has_no_donor(feature_root):
-    store = FeatureStore(feature_root / "v2/nlq_features", ["sf"])
+    store = FeatureStore(feature_root / "v2/nlq_features", ["sf"], rate=1.875)
     queries = [q for q in _queries() if q.clip_uid == "c2"]
     dataset = NLQDataset(queries, store, max_len=128, train=True, seed=0,
                          augmentations=[VideoSplice(1.0)])
@@ -281,7 +281,7 @@ def test_build_datasets_augments_train_splits_only(feature_root):
     (annotations / "nlq_train.json").write_text(json.dumps({"version": "1.0", "videos": [
         {"video_uid": "v", "clips": clips}]}))
     cfg = {"root": str(feature_root), "splits": {"train": "nlq_train.json", "val": "nlq_train.json"},
-           "features": {"names": ["sf"]}, "augment": {"crop_prob": 1.0, "splice_prob": 0.5}}
+           "features": {"names": ["sf"], "rate": 1.875}, "augment": {"crop_prob": 1.0, "splice_prob": 0.5}}
     datasets = build_datasets(cfg)
     assert [type(a) for a in datasets["train"].augmentations] == [SlidingWindowCrop, VideoSplice]
     assert datasets["val"].augmentations is None

@@ -50,36 +50,45 @@ def test_pool_to_max_len_bin_edges_and_values():
 
 
 def test_feature_store_missing_file_names_clip_and_path(tmp_path):
-    _write_set(tmp_path, "sf", {"clipA": 30}, dim=4)
-    store = FeatureStore(tmp_path, ["sf"])
+    _write_set(tmp_path, "slowfast", {"clipA": 30}, dim=4)
+    store = FeatureStore(tmp_path, ["slowfast"])
     assert store.clip_features("clipA").shape == (30, 4) and store.dims == [4]
-    with pytest.raises(DataError, match="clip clipB.*" + re.escape(str(tmp_path / "sf" / "clipB.pt"))):
+    with pytest.raises(DataError, match="clip clipB.*" + re.escape(str(tmp_path / "slowfast" / "clipB.pt"))):
         store.clip_features("clipB")
     ds_queries = [_query("clipB", "where is it?", (1.0, 2.0))]
     with pytest.raises(DataError, match="clipB"):  # no feature_shapes entry -> loading fails early
         NLQDataset(ds_queries, store, max_len=16, train=True)
 
 
-def test_feature_sets_concatenated_and_cropped(tmp_path):
+def test_feature_sets_concatenated_on_the_first_sets_time_grid(tmp_path):
     _write_set(tmp_path, "main", {"c": 40}, dim=6)
-    _write_set(tmp_path, "clip", {"c": 37}, dim=2, seed=1)
-    store = FeatureStore(tmp_path, ["main", "clip"])
-    with pytest.warns(RuntimeWarning, match="cropping all to 37"):
-        feat = store.clip_features("c")
-    assert feat.shape == (37, 8) and store.dims == [6, 2] and store.num_steps("c") == 37
-    main = torch.load(tmp_path / "main" / "c.pt")
-    assert torch.equal(feat[:, :6], main[:37])
-    _write_set(tmp_path, "clip2", {"c": 39}, dim=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a difference of one step is silent
-        assert FeatureStore(tmp_path, ["main", "clip2"]).clip_features("c").shape == (39, 8)
+    _write_set(tmp_path, "clip", {"c": 39}, dim=2, seed=1)
+    store = FeatureStore(tmp_path, ["main", "clip"], rate=1.875)
+    feat = store.clip_features("c")
+    assert feat.shape == (40, 8) and store.dims == [6, 2] and store.num_steps("c") == 40
+    main, other = torch.load(tmp_path / "main" / "c.pt"), torch.load(tmp_path / "clip" / "c.pt")
+    assert torch.equal(feat[:, :6], main)  # never cropped to the shortest
+    assert torch.equal(feat[:39, 6:], other) and torch.equal(feat[39, 6:], other[38])  # same rate: step j = j
+    _write_set(tmp_path, "fast", {"c": 80}, dim=3, seed=2)  # twice the rate: step j covers steps 2j, 2j+1
+    fast = FeatureStore(tmp_path, ["main", "fast"], rates={"main": 1.875, "fast": 3.75})
+    assert fast.rates == [1.875, 3.75] and fast.rate == 1.875
+    aligned = fast.clip_features("c")
+    assert aligned.shape == (40, 9)
+    assert torch.equal(aligned[:, 6:], torch.load(tmp_path / "fast" / "c.pt")[1::2])  # centre (j+.5)/1.875 s
+    with pytest.raises(DataError, match="'mystery': unknown rate.*data.features.rates.mystery"):
+        FeatureStore(tmp_path, ["main", "mystery"], rates={"main": 1.875})
+    assert FeatureStore(tmp_path, ["slowfast8x8_r101_k400", "egovlp", "internvideo", "clip"]).rates == [1.875] * 4
 
 
 def test_per_video_features_are_sliced(tmp_path):
     _write_set(tmp_path, "sf", {"vidA": 100}, dim=3)
-    store = FeatureStore(tmp_path, ["sf"], per="video")
+    store = FeatureStore(tmp_path, ["sf"], per="video", rate=1.875)
     feat = store.clip_features("clip1", "vidA", 10.0, 20.0)  # steps int(18.75)=18 .. int(37.5)+1=38
     assert torch.equal(feat, torch.load(tmp_path / "sf" / "vidA.pt")[18:38])
+    assert store.check_clip("clip1", "vidA", 10.0, 20.0) == 20
+    assert store.check_clip("clip3", "vidA", 40.0, 53.4) == 100 - 75  # ends one step short of int(53.4*1.875)=100
+    with pytest.raises(DataError, match=r"clip clip2.*vidA\.pt has 100 steps.*\[50, 80\] s.*needs steps 93..150.*50 steps short"):
+        store.check_clip("clip2", "vidA", 50.0, 80.0)
     assert store.num_steps("clip1", "vidA", 10.0, 20.0) == 20
     assert store.num_steps("clip2", "vidA", 50.0, 80.0) == 100 - 93  # video ends before the clip
     with pytest.raises(DataError, match="clip clip9.*vidZ.pt"):
@@ -115,8 +124,8 @@ def test_normalize_query():
 # Dataset ------------------------------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path):
-    _write_set(tmp_path, "sf", {"c1": 37, "c2": 20, "short": 50}, dim=5)  # c1: 20 s at 1.875/s
-    return FeatureStore(tmp_path, ["sf"])
+    _write_set(tmp_path, "sf", {"c1": 37, "c2": 19, "short": 50}, dim=5)  # c1: 20 s at 1.875/s, c2: 10 s
+    return FeatureStore(tmp_path, ["sf"], rate=1.875)
 
 
 def test_naq_expansion_in_range_and_random_per_draw(store):
@@ -150,8 +159,8 @@ def test_collate_shapes_and_masks(store):
     dataset = NLQDataset(queries, store, max_len=64, train=True)
     batch = NLQCollator(_tokenize)([dataset[0], dataset[1]])
     assert batch["video"].shape == (2, 37, 5) and batch["video"].dtype == torch.float32
-    assert batch["video_mask"].dtype == torch.bool and batch["video_mask"].sum(1).tolist() == [37, 20]
-    assert batch["video"][1, 20:].abs().sum() == 0 and batch["highlight_label"][1, 20:].sum() == 0
+    assert batch["video_mask"].dtype == torch.bool and batch["video_mask"].sum(1).tolist() == [37, 19]
+    assert batch["video"][1, 19:].abs().sum() == 0 and batch["highlight_label"][1, 19:].sum() == 0
     assert batch["feature_dims"] == [5] and batch["text"]["texts"] == ["Where is the cup?", "what did I open?"]
     assert batch["duration"].tolist() == pytest.approx([20.0, 10.0])
     assert batch["start_label"].dtype == torch.long and batch["end_label"].shape == (2,)
@@ -163,17 +172,35 @@ def test_collate_shapes_and_masks(store):
     assert pooled["video"].shape == (8, 5) and pooled["highlight_label"].shape == (8,)
 
 
-def test_short_windows_and_short_features(store):
+def test_short_windows_dropped_and_window_outside_features(store):
     queries = [_query("c1", "a?", (3.0, 3.0 + 1 / 30)), _query("c1", "b?", (3.0, 4.0), idx=1),
-               _query("short", "c?", (5.0, 8.0), duration=100.0, idx=2),     # features cover 26.7 s
-               _query("short", "d?", (90.0, 95.0), duration=100.0, idx=3)]   # window beyond the features
+               _query("c1", "d?", (25.0, 28.0), idx=3)]  # window beyond the clip's features
     train = NLQDataset(queries, store, max_len=128, train=True)
-    assert train.stats == {"queries": 4, "dropped_short_window": 1, "short_features": 2,
-                           "window_outside_features": 1, "naq": 0, "kept": 2}
-    assert train[1]["duration"] == pytest.approx(50 / 1.875)
-    assert train[1]["window"] == (5.0, 8.0)
-    val = NLQDataset(queries, store, max_len=128, train=False)
-    assert len(val) == 3 and val[2]["window"][0] == pytest.approx(val[2]["duration"])
+    assert {k: train.stats[k] for k in ("queries", "dropped_short_window", "window_outside_features", "kept")} == \
+        {"queries": 3, "dropped_short_window": 1, "window_outside_features": 1, "kept": 1}
+    assert train[0]["window"] == (3.0, 4.0) and train[0]["duration"] == pytest.approx(20.0)
+    assert len(NLQDataset(queries, store, max_len=128, train=False)) == 2  # kept (scored on the file)
+
+
+def test_features_of_the_wrong_length_or_width_name_the_clip_and_file(store, tmp_path):
+    """50 steps for a 100 s clip (187 expected at 1.875/s), as if feature_shapes.json said 187:
+    an error naming the clip and the file (issue 11), or with skip_bad_features a counted skip."""
+    (tmp_path / "sf" / "feature_shapes.json").write_text(json.dumps({"c1": 37, "c2": 19, "short": 187}))
+    store = FeatureStore(tmp_path, ["sf"], rate=1.875)
+    queries = [_query("c1", "b?", (3.0, 4.0)), _query("short", "c?", (5.0, 8.0), duration=100.0, idx=2),
+               _query("short", "e?", (1.0, 2.0), duration=100.0, idx=4)]
+    short_file = re.escape(str(tmp_path / "sf" / "short.pt"))
+    with pytest.raises(DataError, match=f"clip short: {short_file} has 50 steps, but the clip lasts 100 s = 187 steps"):
+        NLQDataset(queries, store, max_len=128, train=True)
+    with pytest.raises(DataError, match="clip short"):
+        NLQDataset(queries, store, max_len=128, train=False)
+    skipped = NLQDataset(queries, store, max_len=128, train=False, skip_bad_features=True)
+    assert len(skipped) == 1 and skipped.stats["bad_feature_clips"] == 1 and skipped.stats["bad_feature_queries"] == 2
+    assert "short.pt" in skipped.bad_feature_examples[0] and "2 skipped in 1 clips" in skipped.summary()
+    assert NLQDataset(queries[:1], store, max_len=128, train=True)[0]["video"].shape == (37, 5)
+    torch.save(torch.randn(37, 7), tmp_path / "sf" / "wide.pt")  # a file of another width
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "sf" / "wide.pt")) + " has width 7, but set 'sf' has width 5"):
+        NLQDataset([_query("wide", "w?", (1.0, 2.0))], store, max_len=128, train=True)
 
 
 def test_real_nlq_val_loads_into_dataset(ego4d_samples, tmp_path):
@@ -183,6 +210,7 @@ def test_real_nlq_val_loads_into_dataset(ego4d_samples, tmp_path):
     wanted = {c.clip_uid for c in clips}
     queries = [q for q in annotations.queries() if q.clip_uid in wanted]
     dataset = NLQDataset(queries, FeatureStore(tmp_path, ["slowfast"]), max_len=128, train=False)
+    assert dataset.stats["bad_feature_clips"] == 0
     short = sum(1 for q in queries if q.window[1] - q.window[0] <= 1 / 30)
     assert len(dataset) == len(queries) - short > 10 and dataset.stats["short_features"] == 0
     batch = NLQCollator(_tokenize)([dataset[i] for i in range(4)])

