@@ -250,6 +250,9 @@ def build_train_loader(dataset: NLQDataset, tokenize, batch_size: int, num_worke
     """Shuffled training loader; ``batch_size`` is global (each of the ``world_size``
     processes loads its share). Call ``sampler.set_epoch(epoch)`` before every epoch."""
     per_rank = max(1, batch_size // info.world_size)
+    if per_rank * info.world_size != batch_size:
+        log.warning("global batch %d does not split over %d processes: %d per process, %d in all", batch_size,
+                    info.world_size, per_rank, per_rank * info.world_size)
     sampler = ResumableDistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,

@@ -1,0 +1,72 @@
+"""VQ2D through a real SLURM (the commands of docs/slurm.md#slurm, on CPU): the evaluation as a
+job array merged into one metrics.json; training with 2 tasks (DDP over gloo across SLURM
+tasks); a training job requeued with ``scontrol requeue`` that resumes where it stopped."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from slurm_jobs import job_gone, release_requeued, run_script, submitted_job_id, wait_until
+
+pytestmark = pytest.mark.slurm
+
+CPU_TRAIN = ["launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.mem_gb=2", "threads=1",
+             "log_period=1", "eval.period=0", "eval.at_end=false", "model.min_size=[64]", "model.max_size=96"]
+
+
+def test_eval_job_array_merges_the_shards(slurm_cluster, vq2d_data, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_script(slurm_cluster, "slurm_eval_vq2d.sh", vq2d_data / "model_final.pth", out,
+                      f"data.root={vq2d_data / 'data'}", "split=val", "device=cpu", "gpus_per_worker=0",
+                      "detection.frame_height=null", PARTITION="debug", WORKERS="2", CPUS_PER_TASK="1", MEM_GB="2")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == metrics
+    assert metrics["num_queries"] == len(json.loads((out / "per_query.json").read_text())) > 0
+    # one array of two tasks: <array id>_0 and <array id>_1 each left a result
+    results = sorted(p.name for p in (out / "submitit").rglob("*_result.pkl"))
+    assert len(results) == 2 and len({r.split("_")[0] for r in results}) == 1, results
+    assert {r.split("_")[1] for r in results} == {"0", "1"}
+
+
+def test_training_with_two_tasks_runs_ddp_across_slurm_tasks(slurm_cluster, vq2d_data, tmp_path):
+    out = tmp_path / "train2"
+    proc = run_script(slurm_cluster, "slurm_train_vq2d.sh", "debug", out, f"data.root={vq2d_data / 'data'}",
+                      "max_iter=3", "batch_size=2", "launcher.tasks_per_node=2", "data.num_workers=0", *CPU_TRAIN, PRESET="tiny")
+    job = submitted_job_id(proc.stdout)
+    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} done", 300, slurm_cluster, out / "log.txt")
+    log = (out / "log.txt").read_text()
+    assert "batch 2 (1 per process x 2)" in log, log[-3000:]  # the global batch split over the 2 ranks
+    assert "iter 3/3" in log and (out / "model_final.pth").is_file()
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+
+
+def test_requeued_training_resumes_where_it_stopped(slurm_cluster, vq2d_data, tmp_path):
+    out = tmp_path / "requeue"
+    max_iter, requeue_at = 24, 8  # periodic checkpoints at 20 and 24: the resume point comes from the signal
+    proc = run_script(slurm_cluster, "slurm_train_vq2d.sh", "debug", out, f"data.root={vq2d_data / 'data'}",
+                      f"max_iter={max_iter}", "checkpoint.period=20", "launcher.tasks_per_node=1",
+                      "launcher.mem_gb=4", "data.num_workers=1", *CPU_TRAIN, PRESET="tiny")
+    job = submitted_job_id(proc.stdout)
+    log = out / "log.txt"
+
+    def iteration() -> int:
+        done = re.findall(rf"iter (\d+)/{max_iter}", log.read_text()) if log.is_file() else []
+        return int(done[-1]) if done else 0
+
+    wait_until(lambda: iteration() >= requeue_at, f"iteration {requeue_at}", 300, slurm_cluster, log)
+    slurm_cluster.scontrol("requeue", job)
+    wait_until(lambda: "stopping at iteration" in log.read_text(), "checkpoint on SIGTERM", 60, slurm_cluster, log)
+    stopped = int(re.search(r"stopping at iteration (\d+)", log.read_text()).group(1))
+    assert requeue_at <= stopped < max_iter
+    wait_until(lambda: any(j["id"] == job and j["state"] == "PENDING" for j in slurm_cluster.squeue()),
+               f"job {job} back in the queue", 90, slurm_cluster, log)
+    release_requeued(slurm_cluster, job)
+    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} finished after the requeue", 400, slurm_cluster, log)
+    text = log.read_text()
+    assert re.search(rf"resumed from \S+model_{stopped:07d}\.pth at iteration {stopped}\b", text), text[-3000:]
+    assert f"iter {max_iter}/{max_iter}" in text and (out / "model_final.pth").is_file()
+    after = text[text.index("resumed from"):]
+    assert f"iter {stopped}/" not in after and f"iter {stopped + 1}/" in after  # nothing redone
+    errors = "".join(p.read_text() for p in (out / "submitit").rglob("*_log.err"))
+    assert "Traceback" not in errors and "exited unexpectedly" not in errors, errors[-3000:]
