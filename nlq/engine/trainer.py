@@ -8,6 +8,9 @@ state. Every checkpoint carries the resolved config, so it alone rebuilds the mo
 text encoder (vocabulary) and the data pipeline for evaluation.
 
 Processes: one (CPU or a GPU), or DDP under torchrun / submitit (episodic.distributed).
+SIGTERM (SLURM's preemption or requeue) and submitit's timeout signal stop training after the
+current step with a mid-epoch checkpoint (``OUT/model_<epochs done>_<batches>.pth``,
+:mod:`episodic.preemption`); the resumed run skips the batches of that epoch already trained.
 """
 from __future__ import annotations
 
@@ -239,7 +242,10 @@ def train(cfg: Any) -> dict | None:
         for epoch in range(state.epoch, max_epochs):
             start = time.time()
             # a run stopped mid-epoch skips the batches it trained (this rank's first samples)
-            run.sampler.set_epoch(epoch, start=state.epoch_batches * run.train_loader.batch_size)
+            if state.epoch_batches:
+                run.sampler.set_epoch(epoch, start=state.epoch_batches * run.train_loader.batch_size)
+            else:
+                run.sampler.set_epoch(epoch)
             run.data.train.set_epoch(int(cfg.seed), epoch)
             done = EpochProgress(batches=state.epoch_batches, sums=dict(state.epoch_loss_sums))
             losses, state.global_step = train_one_epoch(
@@ -266,6 +272,8 @@ def train(cfg: Any) -> dict | None:
                 checkpointer.save(f"model_{state.epoch:04d}.pth", run.checkpoint(
                     state, metrics=metrics, optimizer=run.optimizer.state_dict(), rng=rng))
             distributed.barrier()
+            if state.epoch < max_epochs and stop.should_stop():  # signalled during validation: saved above
+                stop.exit(f"the end of epoch {state.epoch}")
     summary = {"epochs": state.epoch, "best_epoch": state.best_epoch, f"best_{BEST_METRIC}": state.best_metric,
                "last_metrics": metrics or (state.history[-1] if state.history else {}),
                "best_checkpoint": str(out / BEST_CHECKPOINT)}

@@ -221,8 +221,12 @@ class SlurmCluster:
 if __name__ == "__main__":  # pragma: no cover - manual use
     import tempfile
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     with SlurmCluster(tempfile.mkdtemp(prefix="slurm-")) as cluster:
-        print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C stops the cluster", flush=True)
+        print(f"export SLURM_CONF={cluster.conf}   # Ctrl-C (or SIGTERM) stops the cluster", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -11,7 +11,9 @@
 Resuming is exact on a fixed world size: a checkpoint holds the model, optimiser,
 scheduler, non-finite counters, every rank's RNG state and the position in the sample
 stream (see :class:`vq2d.data.train_dataset.InfiniteSampler`), so a run killed and
-restarted ends in the same state as an uninterrupted one.
+restarted ends in the same state as an uninterrupted one. SIGTERM (SLURM's preemption or
+requeue) and submitit's timeout signal stop the loop after the current iteration with a
+checkpoint of it (:mod:`episodic.preemption`), so a preempted run resumes where it stopped.
 """
 from __future__ import annotations
 
