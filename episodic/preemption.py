@@ -139,15 +139,17 @@ class _IgnoreSignals:
             self.inner(worker_id)
 
 
-def _start_forkserver_ignoring(signals: tuple[int, ...]) -> None:
-    """Start the forkserver (and the resource tracker) with ``signals`` ignored, so that they
-    and the workers they fork ignore them too (a dead forkserver takes its workers along).
-    No-op when they already run."""
+def start_forkserver(signals: Iterable[int] | None = None) -> None:
+    """Start the forkserver (and the resource tracker) with the preemption ``signals`` ignored,
+    so that they and the workers they fork ignore them too (a dead forkserver takes its workers
+    along). Call it before anything starts a forkserver process (a trainer calls it first
+    thing); no-op when one already runs."""
     from multiprocessing import forkserver
 
     if threading.current_thread() is not threading.main_thread():
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    sigs = tuple(signals) if signals is not None else preemption_signals()
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
     try:
         forkserver.ensure_running()
     finally:
@@ -172,4 +174,4 @@ def shield_loader(loader: torch.utils.data.DataLoader | None, signals: Iterable[
     if not isinstance(loader.worker_init_fn, _IgnoreSignals):
         loader.worker_init_fn = _IgnoreSignals(sigs, loader.worker_init_fn)
     if _start_method(loader) == "forkserver":
-        _start_forkserver_ignoring(sigs)
+        start_forkserver(sigs)

@@ -4,6 +4,7 @@ trainers after the step in flight with a checkpoint, without a traceback, and th
 continues from that step."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -70,15 +71,40 @@ class _Pids(torch.utils.data.Dataset):
         return 4
 
     def __getitem__(self, i):
-        return torch.tensor([os.getpid(), int(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)])
+        return torch.tensor([os.getpid(), os.getppid(), int(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)])
 
 
-def test_shielded_workers_ignore_the_signals():
-    loader = DataLoader(_Pids(), batch_size=2, num_workers=1, multiprocessing_context="forkserver")
-    shield_loader(loader)
-    rows = torch.cat(list(loader))
-    assert (rows[:, 0] != os.getpid()).all()  # loaded in a worker
-    assert (rows[:, 1] == 1).all()  # which ignores SIGTERM
+def _ignored_signals(pid: int) -> set[int]:
+    mask = int(re.search(r"SigIgn:\s*([0-9a-f]+)", Path(f"/proc/{pid}/status").read_text()).group(1), 16)
+    return {sig for sig in range(1, 64) if mask >> (sig - 1) & 1}
+
+
+_SHIELD_CHECK = """
+import json, os, sys, torch
+from torch.utils.data import DataLoader
+sys.path.insert(0, sys.argv[1])
+from test_episodic_preemption import _Pids, _ignored_signals
+from episodic.preemption import shield_loader
+loader = DataLoader(_Pids(), batch_size=2, num_workers=1, multiprocessing_context="forkserver")
+shield_loader(loader)
+rows = torch.cat(list(loader)).tolist()
+print(json.dumps({"main": os.getpid(), "rows": rows, "main_ignores": sorted(_ignored_signals(os.getpid())),
+                  "forkserver_ignores": sorted(_ignored_signals(rows[0][1]))}))
+"""
+
+
+def test_shielded_workers_and_their_forkserver_ignore_the_signals():
+    # a fresh process: this one may already run a forkserver started by other tests
+    proc = subprocess.run([sys.executable, "-c", _SHIELD_CHECK, str(Path(__file__).parent)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(pid != found["main"] for pid, _, _ in found["rows"])  # loaded in a worker
+    assert all(ignores_sigterm == 1 for _, _, ignores_sigterm in found["rows"])  # which ignores SIGTERM
+    # the workers' parent, the forkserver (if it died, its workers would go with it), ignores both
+    assert found["rows"][0][1] != found["main"]
+    assert {signal.SIGTERM, signal.SIGUSR2} <= set(found["forkserver_ignores"])
+    assert signal.SIGTERM not in found["main_ignores"]  # the main process still gets them
 
 
 # ----------------------------------------------------------------------- the trainers
@@ -133,23 +159,31 @@ VQ2D_FAST = ["preset=tiny", "threads=1", "model.min_size=[64]", "model.max_size=
              "log_period=1", "solver.warmup_iters=2", "extract_workers=1"]
 
 
-def test_vq2d_sigterm_mid_training_saves_the_current_iteration_and_resumes_there(vq2d_root, tmp_path):
+def test_vq2d_sigterm_mid_training_saves_the_current_iteration_and_resumes_there(vq2d_root, tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from vq2d.engine.trainer import train
+
     out, log = tmp_path / "run", tmp_path / "stdout.txt"
-    cmd = [sys.executable, str(REPO / "tools" / "train_vq2d.py"), *VQ2D_FAST, f"data.root={vq2d_root}",
-           f"output_dir={out}", "data.num_workers=1", "checkpoint.period=1000"]
-    proc = _start([*cmd, "max_iter=500"], log)
+    common = [*VQ2D_FAST, f"data.root={vq2d_root}", f"output_dir={out}", "checkpoint.period=1000"]
+    # a loader worker started by the forkserver, as on a cluster: SIGTERM reaches all of them
+    proc = _start([sys.executable, str(REPO / "tools" / "train_vq2d.py"), *common, "data.num_workers=1",
+                   "max_iter=500"], log)
     seen = int(_signal_when(proc, log, r"iter (\d+)/500").group(1))
     text = _assert_clean_stop(proc, log)
     stopped = int(re.search(r"stopping at iteration (\d+)", text).group(1))
     assert seen <= stopped < 500
     assert (out / "last_checkpoint").read_text().strip() == f"model_{stopped:07d}.pth"  # not a periodic one
 
-    resumed = subprocess.run([*cmd, f"max_iter={stopped + 2}"], cwd=REPO, env=_env(), capture_output=True,
-                             text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"at iteration {stopped}" in resumed.stdout
-    assert f"iter {stopped + 1}/{stopped + 2}" in resumed.stdout
-    assert f"iter {stopped}/" not in resumed.stdout  # nothing redone
+    for key in LAUNCH_ENV:  # the resumed run, in this process
+        monkeypatch.delenv(key, raising=False)
+    with initialize_config_dir(config_dir=str(REPO / "configs" / "vq2d"), version_base="1.3"):
+        cfg = compose("train", overrides=[*common, "data.num_workers=0", f"max_iter={stopped + 2}"])
+    summary = train(cfg)
+    assert summary["iteration"] == stopped + 2
+    resumed = (out / "log.txt").read_text().split("stopping at iteration")[1]
+    assert f"resumed from {out / f'model_{stopped:07d}.pth'} at iteration {stopped}" in resumed
+    assert f"iter {stopped + 1}/{stopped + 2}" in resumed and f"iter {stopped}/" not in resumed  # nothing redone
     assert (out / "model_final.pth").is_file()
 
 
