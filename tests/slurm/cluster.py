@@ -207,6 +207,10 @@ class SlurmCluster:
         rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
         return [{"id": r[0], "state": r[1], "name": r[2]} for r in rows if len(r) == 3]
 
+    def scancel(self, *args: str) -> str:
+        return subprocess.run(["scancel", *args], capture_output=True, text=True, env=self.env, check=True,
+                              timeout=30).stdout
+
     def scontrol(self, *args: str) -> str:
         return subprocess.run(["scontrol", *args], capture_output=True, text=True, env=self.env, check=True,
                               timeout=30).stdout

@@ -40,7 +40,7 @@ def wait_until(predicate, what: str, timeout: float, cluster: SlurmCluster | Non
         value = predicate()
         if value:
             return value
-        time.sleep(1.0)
+        time.sleep(0.5)
     detail = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else ""
     queue = cluster.squeue() if cluster is not None else ""
     raise AssertionError(f"{what}: not within {timeout:.0f} s; queue {queue}\n{detail}")

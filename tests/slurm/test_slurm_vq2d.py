@@ -42,8 +42,10 @@ def test_training_with_two_tasks_runs_ddp_across_slurm_tasks(slurm_cluster, vq2d
 
 
 def test_requeued_training_resumes_where_it_stopped(slurm_cluster, vq2d_data, tmp_path):
+    """submitit's timeout signal (USR2: submitit requeues), then ``scontrol requeue`` (SIGTERM):
+    each time the job saves the iteration it is at, is requeued and resumes there."""
     out = tmp_path / "requeue"
-    max_iter, requeue_at = 24, 8  # periodic checkpoints at 20 and 24: the resume point comes from the signal
+    max_iter = 40  # periodic checkpoints at 20 and 40: the resume points come from the signals
     proc = run_script(slurm_cluster, "slurm_train_vq2d.sh", "debug", out, f"data.root={vq2d_data / 'data'}",
                       f"max_iter={max_iter}", "checkpoint.period=20", "launcher.tasks_per_node=1",
                       "launcher.mem_gb=4", "data.num_workers=1", *CPU_TRAIN, PRESET="tiny")
@@ -54,19 +56,33 @@ def test_requeued_training_resumes_where_it_stopped(slurm_cluster, vq2d_data, tm
         done = re.findall(rf"iter (\d+)/{max_iter}", log.read_text()) if log.is_file() else []
         return int(done[-1]) if done else 0
 
-    wait_until(lambda: iteration() >= requeue_at, f"iteration {requeue_at}", 300, slurm_cluster, log)
-    slurm_cluster.scontrol("requeue", job)
-    wait_until(lambda: "stopping at iteration" in log.read_text(), "checkpoint on SIGTERM", 60, slurm_cluster, log)
-    stopped = int(re.search(r"stopping at iteration (\d+)", log.read_text()).group(1))
-    assert requeue_at <= stopped < max_iter
-    wait_until(lambda: any(j["id"] == job and j["state"] == "PENDING" for j in slurm_cluster.squeue()),
-               f"job {job} back in the queue", 90, slurm_cluster, log)
-    release_requeued(slurm_cluster, job)
-    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} finished after the requeue", 400, slurm_cluster, log)
+    def interrupt(at: int, signal_job, expected: str) -> int:
+        """Signal the job at iteration >= ``at``; returns the iteration it stopped at, once it is queued again."""
+        wait_until(lambda: iteration() >= at, f"iteration {at}", 300, slurm_cluster, log)
+        before = log.read_text().count("stopping at iteration")
+        signal_job()
+        wait_until(lambda: log.read_text().count("stopping at iteration") > before, "checkpoint on the signal",
+                   60, slurm_cluster, log)
+        stopped = int(re.findall(rf"stopping at iteration (\d+) on {expected}", log.read_text())[-1])
+        assert at <= stopped < max_iter
+        wait_until(lambda: any(j["id"] == job and j["state"] == "PENDING" for j in slurm_cluster.squeue()),
+                   f"job {job} back in the queue", 90, slurm_cluster, log)
+        release_requeued(slurm_cluster, job)
+        wait_until(lambda: f"at iteration {stopped}\n" in log.read_text(), f"resumed at {stopped}", 300,
+                   slurm_cluster, log)
+        return stopped
+
+    # submitit's signal before the time limit (sent to the job's steps, as --signal=USR2@120 does)
+    first = interrupt(4, lambda: slurm_cluster.scancel("--signal=USR2", job), "SIGUSR2")
+    # preemption / requeue by the scheduler: SIGTERM to every process of the job
+    second = interrupt(first + 3, lambda: slurm_cluster.scontrol("requeue", job), "SIGTERM")
+    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} finished after the requeues", 400, slurm_cluster, log)
     text = log.read_text()
-    assert re.search(rf"resumed from \S+model_{stopped:07d}\.pth at iteration {stopped}\b", text), text[-3000:]
+    for stopped in (first, second):
+        assert re.search(rf"resumed from \S+model_{stopped:07d}\.pth at iteration {stopped}\b", text), text[-3000:]
+        after = text[text.index(f"at iteration {stopped}\n"):]
+        assert f"iter {stopped}/" not in after and f"iter {stopped + 1}/" in after  # nothing redone
     assert f"iter {max_iter}/{max_iter}" in text and (out / "model_final.pth").is_file()
-    after = text[text.index("resumed from"):]
-    assert f"iter {stopped}/" not in after and f"iter {stopped + 1}/" in after  # nothing redone
+    assert "Requeued job" in "".join(p.read_text() for p in (out / "submitit").rglob("*_log.out"))  # by submitit
     errors = "".join(p.read_text() for p in (out / "submitit").rglob("*_log.err"))
     assert "Traceback" not in errors and "exited unexpectedly" not in errors, errors[-3000:]
