@@ -30,15 +30,29 @@ def test_eval_job_array_merges_the_shards(slurm_cluster, vq2d_data, tmp_path):
 
 
 def test_training_with_two_tasks_runs_ddp_across_slurm_tasks(slurm_cluster, vq2d_data, tmp_path):
+    """2 ranks (gloo) in one job; requeued, both ranks stop after the same iteration and resume there."""
     out = tmp_path / "train2"
+    max_iter = 12
     proc = run_script(slurm_cluster, "slurm_train_vq2d.sh", "debug", out, f"data.root={vq2d_data / 'data'}",
-                      "max_iter=3", "batch_size=2", "launcher.tasks_per_node=2", "data.num_workers=0", *CPU_TRAIN, PRESET="tiny")
+                      f"max_iter={max_iter}", "batch_size=2", "launcher.tasks_per_node=2", "data.num_workers=0",
+                      *CPU_TRAIN, PRESET="tiny")
     job = submitted_job_id(proc.stdout)
-    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} done", 300, slurm_cluster, out / "log.txt")
-    log = (out / "log.txt").read_text()
-    assert "batch 2 (1 per process x 2)" in log, log[-3000:]  # the global batch split over the 2 ranks
-    assert "iter 3/3" in log and (out / "model_final.pth").is_file()
-    assert (out / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    log = out / "log.txt"
+    wait_until(lambda: log.is_file() and re.search(rf"iter [2-9]/{max_iter}", log.read_text()), "iteration 2",
+               300, slurm_cluster, log)
+    slurm_cluster.scontrol("requeue", job)
+    wait_until(lambda: "stopping at iteration" in log.read_text(), "checkpoint on SIGTERM", 60, slurm_cluster, log)
+    stopped = int(re.search(r"stopping at iteration (\d+)", log.read_text()).group(1))
+    wait_until(lambda: any(j["id"] == job and j["state"] == "PENDING" for j in slurm_cluster.squeue()),
+               f"job {job} back in the queue", 90, slurm_cluster, log)
+    release_requeued(slurm_cluster, job)
+    wait_until(lambda: job_gone(slurm_cluster, job), f"job {job} done", 300, slurm_cluster, log)
+    text = log.read_text()
+    assert text.count("batch 2 (1 per process x 2)") == 2, text[-3000:]  # the global batch split over 2 ranks
+    assert f"at iteration {stopped}\n" in text and f"iter {max_iter}/{max_iter}" in text
+    assert (out / "model_final.pth").is_file()
+    errors = "".join(p.read_text() for p in (out / "submitit").rglob("*_log.err"))
+    assert "Traceback" not in errors, errors[-3000:]
 
 
 def test_requeued_training_resumes_where_it_stopped(slurm_cluster, vq2d_data, tmp_path):

@@ -331,8 +331,8 @@ def train(cfg) -> dict[str, Any]:
     episodic.distributed). Returns a summary {"iteration", "skipped_steps", "detection_ap"}.
     """
     build.set_threads(cfg.threads)
-    if build.start_method(cfg) == "forkserver":  # before frame extraction starts one: its processes
-        preemption.start_forkserver()            # must outlive SLURM's SIGTERM (episodic.preemption)
+    if build.start_method(cfg) == "forkserver" and (int(cfg.data.num_workers) > 0 or int(cfg.extract_workers) > 1):
+        preemption.start_forkserver()  # before frame extraction starts one: it must outlive SLURM's SIGTERM
     info = distributed.init_distributed(backend=cfg.ddp.backend, device=build.resolve_device(str(cfg.device)))
     device = info.device
     output_dir = Path(cfg.output_dir)
