@@ -21,8 +21,11 @@ demo: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) tools/reproduce.py
 
+# Two pytest calls: everything but the slurm group in 2 processes, then the slurm group (a real
+# single-node SLURM, tests/slurm/cluster.py) alone in one; it skips, loudly, without slurm-wlm + munge.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not slurm" tests
+	$(PY) -m pytest -q -m slurm tests/slurm
 
 # Every benchmark prints its figures and, on its last line, ratio=<float>.
 bench: $(STAMP)

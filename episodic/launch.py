@@ -6,11 +6,15 @@ Training and evaluation tools of both tasks call::
                  nodes=1, gpus_per_node=8, timeout_min=4320, partition="learnfair")
     jobs = submit_array(eval_shard_fn, [shard_cfg_0, shard_cfg_1, ...], executor="slurm", ...)
 
-``fn`` runs once per task (one task per GPU, ``tasks_per_node = gpus_per_node``) and gets
+``fn`` runs once per task (one task per GPU, ``tasks_per_node = gpus_per_node``; ``nodes x
+tasks_per_node`` ranks in all, over which the trainers split their global batch) and gets
 its ranks from :func:`episodic.distributed.init_distributed`. It is wrapped in
 :class:`Trainable`, whose ``checkpoint()`` makes submitit requeue a preempted or timed-out
 job with the same arguments; the function then resumes from ``output_dir/last_checkpoint``
-(see :class:`episodic.checkpoint.Checkpointer`), so it must be written to resume.
+(see :class:`episodic.checkpoint.Checkpointer`), so it must be written to resume. SLURM's
+SIGTERM (preemption, ``scontrol requeue``) and submitit's timeout signal are caught by the
+trainers (:mod:`episodic.preemption`): they save after the current step and exit; the
+requeued job then loses nothing. See docs/slurm.md#slurm.
 
 Executors: "slurm" (a cluster), "local" (subprocesses on this machine, same code path as
 SLURM: pickling, one process per task, timeout signal), "debug" (in this process, on
@@ -67,6 +71,7 @@ def slurm_parameters(
     partition: str | None = None,
     array_parallelism: int | None = None,
     extra: Mapping[str, Any] | None = None,
+    dependency: str | None = None,
 ) -> dict[str, Any]:
     """Everything cluster-specific, as ``slurm_*`` keyword arguments for ``AutoExecutor``.
 
@@ -74,6 +79,10 @@ def slurm_parameters(
     "qos": "high", "comment": "deadline", "exclude": "node[01-02]"}``. Keys submitit knows
     (any ``SlurmExecutor`` parameter) are passed by name; any other key becomes a raw
     ``#SBATCH --key=value`` line. ``None`` values are dropped.
+
+    ``dependency``: SLURM's ``--dependency``, e.g. ``"afterok:1234"`` (start after job 1234
+    succeeded; the NaQ recipe chains its stage 2 this way); the job is cancelled when the
+    dependency can no longer be met (``--kill-on-invalid-dep=yes``).
     """
     from submitit.slurm.slurm import SlurmExecutor
 
@@ -84,6 +93,9 @@ def slurm_parameters(
     if array_parallelism:
         params["slurm_array_parallelism"] = int(array_parallelism)
     raw: dict[str, Any] = {}
+    if dependency:
+        params["slurm_dependency"] = str(dependency)
+        raw["kill-on-invalid-dep"] = "yes"
     for key, value in dict(extra or {}).items():
         if value is None:
             continue
@@ -109,12 +121,15 @@ def executor_parameters(
     partition: str | None = None,
     array_parallelism: int | None = None,
     slurm_extra: Mapping[str, Any] | None = None,
+    dependency: str | None = None,
 ) -> dict[str, Any]:
     """``AutoExecutor.update_parameters`` keywords for one launch (see :func:`submit`)."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     if executor == "local" and nodes != 1:
         raise ValueError(f"the local executor runs on one node, got nodes={nodes}")
+    if dependency and executor != "slurm":
+        raise ValueError(f"dependency={dependency!r} needs the slurm executor (got {executor!r})")
     params: dict[str, Any] = {
         "name": name,
         "nodes": int(nodes),
@@ -125,7 +140,7 @@ def executor_parameters(
         "mem_gb": mem_gb,
     }
     if executor == "slurm":
-        params.update(slurm_parameters(partition, array_parallelism, slurm_extra))
+        params.update(slurm_parameters(partition, array_parallelism, slurm_extra, dependency))
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -166,6 +181,7 @@ def submit(
     partition: str | None = None,
     array_parallelism: int | None = None,
     slurm_extra: Mapping[str, Any] | None = None,
+    dependency: str | None = None,
     max_requeues: int = 3,
 ) -> submitit.Job:
     """Run ``fn(cfg_or_args)`` as one job; returns the submitit job (``job.result()`` waits).
@@ -180,7 +196,8 @@ def submit(
         nodes, gpus_per_node: resources; one task per GPU unless ``tasks_per_node`` is given.
         cpus_per_task, mem_gb, timeout_min: resources per task / node / job (SLURM; the
             local executor honours only ``timeout_min``).
-        partition, array_parallelism, slurm_extra: cluster settings, see :func:`slurm_parameters`.
+        partition, array_parallelism, slurm_extra, dependency: cluster settings, see
+            :func:`slurm_parameters`.
         max_requeues: requeues allowed after preemption or timeout.
     """
     params = executor_parameters(
@@ -195,6 +212,7 @@ def submit(
         partition=partition,
         array_parallelism=array_parallelism,
         slurm_extra=slurm_extra,
+        dependency=dependency,
     )
     ex = make_executor(executor, folder, max_requeues=max_requeues, **params)
     job = ex.submit(_requeueable(fn), cfg_or_args)

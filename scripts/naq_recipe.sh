@@ -12,10 +12,18 @@
 #   OUT=outputs/naq_<model>   output folder
 #   PRESET=paper              paper | tiny (instant CPU smoke run)
 #   LAUNCHER=                 empty: run here (or export TORCHRUN="torchrun --nproc_per_node=4");
-#                             slurm: submit each training stage through episodic.launch and wait
+#                             slurm: submit the joint stage, then the fine-tuning stage as a job that
+#                             starts once the joint job succeeded (--dependency=afterok:<joint job>),
+#                             wait for it, then evaluate here; local: submitit processes here, in turn
 #   PARTITION=                SLURM partition (LAUNCHER=slurm)
 #   PYTHON=.venv/bin/python
-# Re-running the script resumes each stage from its last checkpoint.
+# Re-running the script resumes each stage from its last checkpoint; a preempted SLURM job is requeued
+# and resumes on its own (docs/slurm.md#slurm).
+# SLURM jobs get the GPU defaults of configs/nlq/launcher/slurm.yaml (8 GPUs, 10 CPUs per task, 480 GB);
+# nodes x GPUs per node with launcher.nodes=2 launcher.gpus_per_node=8 (the global batch is split over all
+# ranks). On a CPU-only partition override them, e.g.
+#   LAUNCHER=slurm PARTITION=debug PRESET=tiny scripts/naq_vslnet.sh device=cpu launcher.gpus_per_node=0 \
+#       launcher.cpus_per_task=1 launcher.mem_gb=2
 set -euo pipefail
 
 MODEL=${1:?usage: scripts/naq_recipe.sh vslnet|reler [hydra overrides]}
@@ -37,8 +45,17 @@ if [[ ! -f "$NAQ_FILE" ]]; then
   "$PYTHON" tools/make_naq.py "narrations=$ROOT/v2/narrations/egoclip.tsv" \
     "annotations_dir=$ROOT/v2/annotations" "out=$NAQ_FILE"
 fi
-"${TRAIN[@]}" stage=joint "naq_file=$NAQ_FILE" "output_dir=$OUT/joint" "$@"
-"${TRAIN[@]}" stage=finetune "init=$OUT/joint/model_best.pth" "output_dir=$OUT/finetune" "$@"
+if [[ "${LAUNCHER:-}" == slurm ]]; then
+  # stage 1 is submitted without waiting; its last stdout line is {"job_id": "<id>"}
+  JOINT_JOB=$("${TRAIN[@]}" stage=joint "naq_file=$NAQ_FILE" "output_dir=$OUT/joint" wait=false "$@" | tail -n 1 |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')
+  echo "NaQ $MODEL: joint stage is SLURM job $JOINT_JOB; fine-tuning starts after it (afterok)"
+  "${TRAIN[@]}" stage=finetune "init=$OUT/joint/model_best.pth" "output_dir=$OUT/finetune" \
+    "launcher.dependency=afterok:$JOINT_JOB" "$@"
+else
+  "${TRAIN[@]}" stage=joint "naq_file=$NAQ_FILE" "output_dir=$OUT/joint" "$@"
+  "${TRAIN[@]}" stage=finetune "init=$OUT/joint/model_best.pth" "output_dir=$OUT/finetune" "$@"
+fi
 for SPLIT in val test_unannotated; do
   NAME=$([[ $SPLIT == val ]] && echo eval_val || echo eval_test)
   "$PYTHON" tools/eval_nlq.py "checkpoint=$OUT/finetune/model_best.pth" "data.root=$ROOT" \

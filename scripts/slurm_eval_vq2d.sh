@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate a VQ2D checkpoint on a SLURM cluster.
+# Evaluate a VQ2D checkpoint on a SLURM cluster (docs/slurm.md#slurm).
 #
 #   PARTITION=learnfair WORKERS=64 scripts/slurm_eval_vq2d.sh CHECKPOINT OUTPUT_DIR [hydra overrides...]
 #   e.g. scripts/slurm_eval_vq2d.sh runs/improved/model_final.pth outputs/eval_val data.root=/datasets/ego4d split=val
@@ -8,13 +8,18 @@
 # SLURM job array through episodic.launch (submitit; one GPU per array task, at most
 # ARRAY_PARALLELISM at once), waits for them, merges their results, writes
 # OUTPUT_DIR/predictions.json (OUTPUT_DIR/submission.json for split=test_unannotated) and
-# scores that file. This process only waits: run it in tmux/screen on the login node, or
-# inside a small CPU job. Preempted array tasks are requeued; after a kill, run the same
-# command again: finished clips are kept and only the rest is redone.
+# scores that file (OUTPUT_DIR/metrics.json). This process only waits: run it in tmux/screen
+# on the login node, or inside a small CPU job. Preempted array tasks are requeued and keep
+# their finished clips; after a kill, run the same command again: only the rest is redone.
+# Environment: PARTITION (required), WORKERS=32, ARRAY_PARALLELISM=WORKERS, CPUS_PER_TASK=10,
+# MEM_GB=64 (per array task), TIMEOUT_MIN=720, PYTHON=.venv/bin/python.
+# CPU-only partition: the GPU defaults (device=cuda gpus_per_worker=1) are overridden by
+#   PARTITION=debug WORKERS=2 CPUS_PER_TASK=1 MEM_GB=2 scripts/slurm_eval_vq2d.sh CKPT OUT \
+#       data.root=D split=val device=cpu gpus_per_worker=0
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 CHECKPOINT=$1

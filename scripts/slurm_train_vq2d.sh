@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Train the VQ2D detector on a SLURM cluster through submitit (episodic.launch): one task per
-# GPU, DDP over every GPU of every node; a preempted or timed-out job is requeued and resumes
-# from OUTPUT_DIR/last_checkpoint (the same command run again also resumes).
+# Train the VQ2D detector on a SLURM cluster through submitit (episodic.launch; docs/slurm.md#slurm):
+# one task per GPU, DDP over every GPU of every node (launcher.nodes x launcher.gpus_per_node ranks,
+# batch_size is the global batch split over them). Returns once the job is submitted; the log is
+# OUTPUT_DIR/log.txt, submitit's files OUTPUT_DIR/submitit/<job id>/. On preemption or
+# `scontrol requeue` (SIGTERM) and on submitit's timeout signal the trainer saves a checkpoint
+# after the current iteration and exits; the requeued job resumes from OUTPUT_DIR/last_checkpoint
+# (the same command run again also resumes).
 #
 #   scripts/slurm_train_vq2d.sh PARTITION OUTPUT_DIR [hydra overrides ...]
 #
@@ -11,6 +15,9 @@
 # Environment: PRESET (improved | baseline | tiny; default improved), PYTHON (default .venv/bin/python).
 # Cluster settings: launcher.gpus_per_node=8 launcher.timeout_min=4320 launcher.mem_gb=480
 #   launcher.slurm_extra='{constraint: volta32gb, account: ego4d}' (configs/vq2d/launcher/slurm.yaml).
+# CPU-only partition: override the GPU defaults, e.g.
+#   PRESET=tiny scripts/slurm_train_vq2d.sh debug OUT data.root=D max_iter=150 checkpoint.period=20 \
+#       launcher.gpus_per_node=0 launcher.tasks_per_node=1 launcher.cpus_per_task=1 launcher.mem_gb=4
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 PARTITION OUTPUT_DIR [hydra overrides ...]" >&2

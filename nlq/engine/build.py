@@ -8,6 +8,7 @@ data pipeline from a checkpoint alone (:mod:`nlq.engine.inference`).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,14 +257,35 @@ def _dataset(queries: list[NLQQuery], features: FeatureStore, resolved: Mapping,
                       skip_bad_features=bool(resolved["features"]["skip_bad"]))
 
 
+class ResumableDistributedSampler(EpochSampler):
+    """:class:`EpochSampler` (``(index, epoch)`` pairs) whose epoch can start part-way:
+    ``set_epoch(epoch, start=k)`` skips this rank's first ``k`` samples of that epoch (a run
+    resumed mid-epoch after preemption)."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = max(int(start), 0)
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
 def build_train_loader(dataset: NLQDataset, tokenize, batch_size: int, num_workers: int, seed: int,
                        info: distributed.DistInfo) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled training loader; ``batch_size`` is global (each of the ``world_size``
     processes loads its share). Call ``sampler.set_epoch(epoch)`` before every epoch.
     Workers persist across epochs (the sampler hands them the epoch with each index)."""
     per_rank = max(1, batch_size // info.world_size)
-    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                           seed=seed, drop_last=False)
+    if per_rank * info.world_size != batch_size:
+        log.warning("global batch %d does not split over %d processes: %d per process, %d in all", batch_size,
+                    info.world_size, per_rank, per_rank * info.world_size)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                          seed=seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
                         collate_fn=NLQCollator(tokenize), pin_memory=info.device.type == "cuda",
                         drop_last=False, persistent_workers=num_workers > 0)

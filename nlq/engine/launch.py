@@ -13,7 +13,8 @@ from nlq.engine.trainer import train
 log = logging.getLogger(__name__)
 
 _SUBMIT_KEYS = ("executor", "folder", "name", "nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task",
-                "mem_gb", "timeout_min", "partition", "array_parallelism", "slurm_extra", "max_requeues")
+                "mem_gb", "timeout_min", "partition", "array_parallelism", "slurm_extra", "dependency",
+                "max_requeues")
 
 
 def launch_training(cfg: Any) -> dict | None:

@@ -8,6 +8,9 @@ state. Every checkpoint carries the resolved config, so it alone rebuilds the mo
 text encoder (vocabulary) and the data pipeline for evaluation.
 
 Processes: one (CPU or a GPU), or DDP under torchrun / submitit (episodic.distributed).
+SIGTERM (SLURM's preemption or requeue) and submitit's timeout signal stop training after the
+current step with a mid-epoch checkpoint (``OUT/model_<epochs done>_<batches>.pth``,
+:mod:`episodic.preemption`); the resumed run skips the batches of that epoch already trained.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from episodic import distributed
+from episodic import distributed, preemption
 from episodic.checkpoint import Checkpointer, capture_rng_state, restore_rng_state
 from episodic.config import save_config
 from episodic.io import atomic_torch_save, atomic_write_json
@@ -52,17 +55,33 @@ class TrainState:
     best_metric: float = -math.inf
     best_epoch: int = -1
     history: list = field(default_factory=list)  # per epoch: {"epoch", "train_loss", val metrics}
+    epoch_batches: int = 0  # batches of epoch ``epoch + 1`` already trained (a run stopped mid-epoch)
+    epoch_loss_sums: dict = field(default_factory=dict)  # their loss sums (for the epoch's mean)
+
+
+@dataclass
+class EpochProgress:
+    """Where :func:`train_one_epoch` is in its epoch: batches done, loss sums, stopped early."""
+
+    batches: int = 0
+    sums: dict = field(default_factory=dict)
+    stopped: bool = False
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, schedule: WarmupLinearSchedule,
                     device: torch.device, global_step: int, grad_clip: float = 0.0, amp: bool = False,
                     tensorboard: TensorboardLogger | None = None, log_every: int = 50,
-                    epoch: int = 0) -> tuple[dict[str, float], int]:
+                    epoch: int = 0, stop: preemption.StopOnSignal | None = None,
+                    done: EpochProgress | None = None) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; the model returns a dict of losses whose ``"loss"`` is
-    optimised. Returns (mean of every loss term over the epoch, global step after it)."""
+    optimised. Returns (mean of every loss term over the epoch, global step after it).
+
+    ``done``: progress of a resumed epoch (``loader`` yields the rest of it), updated in
+    place. With ``stop``, a preemption signal ends the pass after the current step:
+    ``done.stopped`` is set and the means are empty."""
     model.train()
-    sums: dict[str, float] = {}
-    num_batches = 0
+    done = done if done is not None else EpochProgress()
+    sums, num_batches = done.sums, done.batches
     bar = progress(loader, desc=f"epoch {epoch + 1}", leave=False)
     for batch in bar:
         batch.pop("keys", None)
@@ -85,6 +104,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             tensorboard.scalars({f"train/{k}": v for k, v in values.items()} | {"train/lr": lr}, global_step)
         bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{lr:.2e}")
         global_step += 1
+        done.batches = num_batches
+        if stop is not None and stop.should_stop():  # collective: every rank stops after the same step
+            done.stopped = True
+            bar.close()
+            return {}, global_step
     means = {name: float(distributed.all_reduce_mean(torch.tensor(total / max(num_batches, 1))))
              for name, total in sorted(sums.items())}
     return means, global_step
@@ -178,6 +202,18 @@ def _log_epoch(state: TrainState, max_epochs: int, losses: dict, metrics: dict, 
              metrics["R@5_IoU0.5"], metrics["mIoU"], " (best)" if improved else "", seconds)
 
 
+def _save_and_stop(checkpointer: Checkpointer, run: Run, state: TrainState, stop: preemption.StopOnSignal,
+                   where: str) -> None:
+    """Preempted mid-epoch: save the training state after the last step (``model_<epochs done>_<batches>.pth``,
+    resumed by the next run) and exit (episodic.preemption)."""
+    rng = distributed.all_gather_object(capture_rng_state())
+    if run.info.is_main:
+        checkpointer.save(f"model_{state.epoch:04d}_{state.epoch_batches:06d}.pth",
+                          run.checkpoint(state, optimizer=run.optimizer.state_dict(), rng=rng))
+    distributed.barrier()
+    stop.exit(where)
+
+
 def train(cfg: Any) -> dict | None:
     """Run one training stage described by a training config; returns a summary (best
     epoch and metric, epochs done, last validation metrics) on the main process, None on
@@ -200,15 +236,26 @@ def train(cfg: Any) -> dict | None:
              "lr %.2e", cfg.model.name, cfg.stage.name, len(run.data.train), len(run.data.val), max_epochs,
              len(run.train_loader), run.settings.batch_size, run.settings.lr)
     metrics: dict = {}
-    with TensorboardLogger(out) as tensorboard:
+    preemption.shield_loader(run.train_loader)
+    preemption.shield_loader(run.val_loader)
+    with TensorboardLogger(out) as tensorboard, preemption.StopOnSignal() as stop:
         for epoch in range(state.epoch, max_epochs):
             start = time.time()
-            run.sampler.set_epoch(epoch)
+            # a run stopped mid-epoch skips the batches it trained (this rank's first samples)
+            if state.epoch_batches:
+                run.sampler.set_epoch(epoch, start=state.epoch_batches * run.train_loader.batch_size)
+            else:
+                run.sampler.set_epoch(epoch)
             run.data.train.set_epoch(int(cfg.seed), epoch)
+            done = EpochProgress(batches=state.epoch_batches, sums=dict(state.epoch_loss_sums))
             losses, state.global_step = train_one_epoch(
                 run.train_model, run.train_loader, run.optimizer, run.schedule, info.device, state.global_step,
                 grad_clip=run.settings.grad_clip, amp=amp, tensorboard=tensorboard, log_every=int(cfg.log_every),
-                epoch=epoch)
+                epoch=epoch, stop=stop, done=done)
+            state.epoch_batches, state.epoch_loss_sums = done.batches, done.sums
+            if done.stopped:
+                _save_and_stop(checkpointer, run, state, stop, f"epoch {epoch + 1} step {done.batches}")
+            state.epoch_batches, state.epoch_loss_sums = 0, {}
             metrics = evaluate(run.model, run.val_loader, run.data.val, run.data.val_annotations, info.device, amp)
             state.epoch = epoch + 1
             state.history.append({"epoch": state.epoch, "train_loss": losses["loss"], **metrics})
@@ -225,6 +272,8 @@ def train(cfg: Any) -> dict | None:
                 checkpointer.save(f"model_{state.epoch:04d}.pth", run.checkpoint(
                     state, metrics=metrics, optimizer=run.optimizer.state_dict(), rng=rng))
             distributed.barrier()
+            if state.epoch < max_epochs and stop.should_stop():  # signalled during validation: saved above
+                stop.exit(f"the end of epoch {state.epoch}")
     summary = {"epochs": state.epoch, "best_epoch": state.best_epoch, f"best_{BEST_METRIC}": state.best_metric,
                "last_metrics": metrics or (state.history[-1] if state.history else {}),
                "best_checkpoint": str(out / BEST_CHECKPOINT)}

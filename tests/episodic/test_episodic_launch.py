@@ -135,6 +135,17 @@ def test_slurm_parameters_hold_cluster_settings():
     assert all(key[len("slurm_"):] in valid for key in params if key.startswith("slurm_"))
 
 
+def test_dependency_chains_a_slurm_job_and_is_refused_locally():
+    params = launch.executor_parameters("slurm", name="finetune", partition="p", dependency="afterok:1234",
+                                        slurm_extra={"reservation": "eccv"})
+    assert params["slurm_dependency"] == "afterok:1234"  # sbatch --dependency=afterok:1234
+    # cancelled rather than pending forever when the joint job fails
+    assert params["slurm_additional_parameters"] == {"kill-on-invalid-dep": "yes", "reservation": "eccv"}
+    assert "slurm_dependency" not in launch.executor_parameters("slurm", name="joint", partition="p")
+    with pytest.raises(ValueError, match="slurm executor"):
+        launch.executor_parameters("local", name="x", dependency="afterok:1")
+
+
 def test_local_parameters_drop_cluster_settings_and_check_nodes():
     params = launch.executor_parameters("local", name="x", partition="learnfair", slurm_extra={"qos": "high"})
     assert not any(key.startswith("slurm_") for key in params) and params["tasks_per_node"] == 1

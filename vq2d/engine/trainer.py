@@ -11,7 +11,9 @@
 Resuming is exact on a fixed world size: a checkpoint holds the model, optimiser,
 scheduler, non-finite counters, every rank's RNG state and the position in the sample
 stream (see :class:`vq2d.data.train_dataset.InfiniteSampler`), so a run killed and
-restarted ends in the same state as an uninterrupted one.
+restarted ends in the same state as an uninterrupted one. SIGTERM (SLURM's preemption or
+requeue) and submitit's timeout signal stop the loop after the current iteration with a
+checkpoint of it (:mod:`episodic.preemption`), so a preempted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from episodic import distributed
+from episodic import distributed, preemption
 from episodic.checkpoint import Checkpointer, capture_rng_state, restore_rng_state
 from episodic.config import save_config
 from episodic.io import atomic_torch_save, atomic_write_json, read_json
@@ -330,6 +332,8 @@ def train(cfg) -> dict[str, Any]:
     episodic.distributed). Returns a summary {"iteration", "skipped_steps", "detection_ap"}.
     """
     build.set_threads(cfg.threads)
+    if build.start_method(cfg) == "forkserver" and (int(cfg.data.num_workers) > 0 or int(cfg.extract_workers) > 1):
+        preemption.start_forkserver()  # before frame extraction starts one: it must outlive SLURM's SIGTERM
     info = distributed.init_distributed(backend=cfg.ddp.backend, device=build.resolve_device(str(cfg.device)))
     device = info.device
     output_dir = Path(cfg.output_dir)
@@ -372,31 +376,40 @@ def train(cfg) -> dict[str, Any]:
 
     window, log_period = _Window(), max(int(cfg.log_period), 1)
     ckpt_period, eval_period = int(cfg.checkpoint.period), int(cfg.eval.period)
+    preemption.shield_loader(loader)
+    preemption.shield_loader(val_loader)
     data_iter = iter(loader) if start_iter < max_iter else None
     bar = progress(total=max_iter, initial=min(start_iter, max_iter), desc="train vq2d", unit="it")
-    for iteration in range(start_iter, max_iter):
-        t0 = time.perf_counter()
-        batch = next(data_iter)
-        t1 = time.perf_counter()
-        result = train_one_iteration(train_model, batch, optimizer, device=device, amp_dtype=amp,
-                                     clip_grad_norm=cfg.solver.clip_grad_norm)
-        state.scheduler.step()
-        done = iteration + 1
-        state.guard.update(result, done)
-        t2 = time.perf_counter()
-        window.add({**result.losses, "total_loss": result.total, "grad_norm": result.grad_norm,
-                    "data_time": t1 - t0, "iter_time": t2 - t0,
-                    "images_per_s": len(batch["images"]) * info.world_size / max(t2 - t0, 1e-9)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{result.total:.3f}")
-        if done % log_period == 0 or done == max_iter:
-            values = {**window.pop(), **_lrs(optimizer), "skipped_steps": state.guard.total}
-            tb.scalars({f"train/{k}": v for k, v in values.items()}, done)
-            logger.info("iter %d/%d  %s", done, max_iter, "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        if val_loader is not None and eval_period > 0 and done % eval_period == 0 and done < max_iter:
-            _validate(model, val_loader, cfg, device, amp, tb, done, output_dir)
-        if (ckpt_period > 0 and done % ckpt_period == 0) or done == max_iter:
-            save_checkpoint(checkpointer, state, done, info)
+    with preemption.StopOnSignal() as stop:  # SIGTERM / submitit's signal: save after this step, exit
+        for iteration in range(start_iter, max_iter):
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            t1 = time.perf_counter()
+            result = train_one_iteration(train_model, batch, optimizer, device=device, amp_dtype=amp,
+                                         clip_grad_norm=cfg.solver.clip_grad_norm)
+            state.scheduler.step()
+            done = iteration + 1
+            state.guard.update(result, done)
+            t2 = time.perf_counter()
+            window.add({**result.losses, "total_loss": result.total, "grad_norm": result.grad_norm,
+                        "data_time": t1 - t0, "iter_time": t2 - t0,
+                        "images_per_s": len(batch["images"]) * info.world_size / max(t2 - t0, 1e-9)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.total:.3f}")
+            if done % log_period == 0 or done == max_iter:
+                values = {**window.pop(), **_lrs(optimizer), "skipped_steps": state.guard.total}
+                tb.scalars({f"train/{k}": v for k, v in values.items()}, done)
+                logger.info("iter %d/%d  %s", done, max_iter, "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+            stopping = stop.should_stop()  # collective: every rank stops after the same iteration
+            if val_loader is not None and eval_period > 0 and done % eval_period == 0 and done < max_iter \
+                    and not stopping:
+                _validate(model, val_loader, cfg, device, amp, tb, done, output_dir)
+            if (ckpt_period > 0 and done % ckpt_period == 0) or done == max_iter or stopping:
+                save_checkpoint(checkpointer, state, done, info)
+            if stopping:
+                bar.close()
+                tb.close()
+                stop.exit(f"iteration {done}")
     bar.close()
 
     final_iter = max(start_iter, max_iter)
