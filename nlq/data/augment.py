@@ -1,4 +1,4 @@
-"""ReLER's training augmentations of one NLQ sample (DESIGN 6.4): variable-length sliding
+"""ReLER's training augmentations of one NLQ sample (docs/nlq.md#reler): variable-length sliding
 window crop and video splicing.
 
 They act on a sample BEFORE pooling to max_len: clip features ``[T, D]``, the GT window

@@ -1,4 +1,4 @@
-"""Pre-extracted NLQ video features (DESIGN 4.4, 6.2).
+"""Pre-extracted NLQ video features (docs/data.md#features and docs/nlq.md#labels).
 
 Layout of one feature set ``name`` under ``root``::
 
@@ -26,7 +26,7 @@ FEATURES_PER_SECOND = 1.875  # SlowFast: 32-frame windows, stride 16 at 30 fps
 
 
 def pool_to_max_len(feat: torch.Tensor, max_len: int) -> torch.Tensor:
-    """Mean-pool ``feat [T, D]`` to ``[min(T, max_len), D]`` (VSLNet, DESIGN 6.2).
+    """Mean-pool ``feat [T, D]`` to ``[min(T, max_len), D]`` (VSLNet, docs/nlq.md#labels).
 
     When ``T > max_len``, bin ``i`` averages steps ``[edges[i], edges[i+1])`` with
     ``edges = round(arange(max_len + 1) / max_len * T)``; otherwise ``feat`` is returned.

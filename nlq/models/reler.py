@@ -1,4 +1,4 @@
-"""ReLER (multi-scale cross-modal transformer) for Ego4D NLQ, DESIGN 6.4.
+"""ReLER (multi-scale cross-modal transformer) for Ego4D NLQ, docs/nlq.md#reler.
 
 Video input: each feature set L2-normalised per step + 2 temporal endpoint channels
 (t/N, (t+1)/N), Linear to the hidden width. The shared feature encoder and context-query

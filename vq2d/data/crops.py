@@ -1,4 +1,4 @@
-"""The visual crop of a query (DESIGN.md 5.1).
+"""The visual crop of a query (docs/vq2d.md#visual-crop).
 
 The annotated box plus 16 px of context on each side, clipped to the image, padded to a
 centred square with the value 125, resized (bilinear) to ``size`` x ``size``.

@@ -1,4 +1,4 @@
-"""Training samples of the siamese detector from VQ2D queries (DESIGN 5.2).
+"""Training samples of the siamese detector from VQ2D queries (docs/vq2d.md#training-samples).
 
 A :class:`TrainSample` is a lightweight record: which cached frame to detect in, the
 target box on it (``None`` for a negative frame) and the references (visual crops) to
@@ -299,7 +299,7 @@ def build_train_samples(
 def eval_samples(queries: Iterable[VQQuery], *, negatives: bool = True, negative_ratio: float = 1.0,
                  negative_source: str = "after_track", max_queries: int | None = None,
                  seed: int = 0) -> tuple[list[TrainSample], SampleStats]:
-    """Frames for frame-level detection AP (DESIGN 5.4): every response frame (no clean filter)
+    """Frames for frame-level detection AP (docs/vq2d.md#metrics): every response frame (no clean filter)
     and, with ``negatives``, same-video negative frames; the visual crop is the only reference."""
     queries = [q for q in queries if q.response_track]
     if max_queries is not None and len(queries) > max_queries:

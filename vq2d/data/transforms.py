@@ -1,4 +1,4 @@
-"""Image augmentation of training pairs (DESIGN 5.2), on numpy ``[H, W, 3]`` uint8 RGB images.
+"""Image augmentation of training pairs (docs/vq2d.md#training-samples), on numpy ``[H, W, 3]`` uint8 RGB images.
 
 * Frame: horizontal flip (boxes flipped with it), brightness factor in [0.75, 1.333].
   Multi-scale training (short side 640..800 step 32, long side <= 1333) is done by the
@@ -7,7 +7,7 @@
   (:func:`shrink_to`), on the loader workers, so that less data travels to the model.
 * Crop: flip and brightness drawn independently of the frame's, plus a rotation in
   [-120, 120] degrees about the crop centre, the uncovered corners filled with the crop's
-  pad value (125, DESIGN 5.1).
+  pad value (125, docs/vq2d.md#visual-crop).
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation is reproducible from its seed (see :class:`vq2d.data.train_dataset.TrainMapper`).

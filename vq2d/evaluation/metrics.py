@@ -1,4 +1,4 @@
-"""VQ2D metrics: tAP, stAP, success, recovery, search efficiency (DESIGN 5.8).
+"""VQ2D metrics: tAP, stAP, success, recovery, search efficiency (docs/vq2d.md#metrics).
 
 Pure numpy over plain data, equal to the official Ego4D VQ2D evaluation:
 

@@ -1,6 +1,6 @@
 """Read a VQ2D challenge predictions (submission) file against its annotation file.
 
-The format (DESIGN 5.9)::
+The format (docs/vq2d.md#submission)::
 
     {"version", "challenge": "ego4d_vq2d_challenge", "results": {"videos": [{"video_uid",
       "clips": [{"clip_uid", "predictions": [{"annotation_uid"?, "query_sets": {"1":

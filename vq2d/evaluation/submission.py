@@ -1,4 +1,4 @@
-"""Write VQ2D predictions in the challenge format (DESIGN 5.9).
+"""Write VQ2D predictions in the challenge format (docs/vq2d.md#submission).
 
 :func:`build_submission` mirrors the annotation file: the same videos, clips and
 annotations, in the same order and number; every query set of every annotation gets an

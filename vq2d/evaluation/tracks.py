@@ -1,7 +1,7 @@
 """Response tracks as plain data: the record a method answers a query with, and one
 normalised array form that every metric works on.
 
-A track is "a contiguous run of boxes, one per 5 fps clip frame" (DESIGN 1). The metrics
+A track is "a contiguous run of boxes, one per 5 fps clip frame" (docs/vq2d.md#tracking). The metrics
 accept any of these spellings of it:
 
 * a mapping ``{frame_number: (x1, y1, x2, y2)}``;

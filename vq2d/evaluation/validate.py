@@ -1,6 +1,6 @@
 """Check a VQ2D challenge submission before sending it.
 
-The rules are those the challenge server applies, plus the box rules of DESIGN 5.9:
+The rules are those the challenge server applies, plus the box rules of docs/vq2d.md#submission:
 ``version`` equals the annotation file's, ``challenge`` is ``ego4d_vq2d_challenge``;
 videos, clips and annotations follow the annotation file in order and number (uids must
 agree); every valid query set has an entry and no entry names an unknown query set; boxes
