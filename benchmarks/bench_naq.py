@@ -23,7 +23,7 @@ from nlq.data.naq import EGOCLIP_COLUMNS, make_naq
 
 TARGET_SECONDS = 60.0
 CLIP_SECONDS = 480.0
-ALPHA = 4.9  # dataset mean of the per-video narration gap beta (DESIGN 4.3)
+ALPHA = 4.9  # dataset mean of the per-video narration gap beta (docs/data.md#narrations)
 VERBS = ["picks", "puts", "holds", "opens", "closes", "cuts", "washes", "moves", "takes", "drops"]
 OBJECTS = ["the bag", "a cup", "the knife", "the door", "a bottle", "the phone", "a book", "the lid",
            "the scissors", "a towel", "the bowl", "a spoon", "the box", "the paint brush", "a plate"]

@@ -1,6 +1,6 @@
 """The NLQ part of the recipes: build NaQ, train VSLNet/ReLER in the stages of an arm, evaluate.
 
-An *arm* is one training recipe of the NaQ paper's comparisons (DESIGN 6.5), a sequence of
+An *arm* is one training recipe of the NaQ paper's comparisons (docs/nlq.md#training-recipe), a sequence of
 ``tools/train_nlq.py`` stages, each starting from the previous stage's best checkpoint:
 
 * ``nlq_only``: NLQ train only (the baseline);

@@ -1,10 +1,10 @@
 """``make reproduce``: the two seed papers' findings, measured on the synthetic val split.
 
-* VQ2D (negative frames, DESIGN 5.3 Table 3): the detector trained with and without negative
+* VQ2D (negative frames, docs/vq2d.md#negative-frames): the detector trained with and without negative
   frames, each evaluated through the full pipeline: frame AP on positive-only and on
   positive + negative frames, the mean best score on frames without the object, stAP, tAP,
   success, recovery.
-* NLQ (NaQ, DESIGN 6.5): VSLNet trained on NLQ only, on NLQ + NaQ (joint then fine-tune), on
+* NLQ (NaQ, docs/nlq.md#training-recipe): VSLNet trained on NLQ only, on NLQ + NaQ (joint then fine-tune), on
   NaQ only (zero-shot), and NLQ only vs NLQ + NaQ with a small NLQ train split (few-shot).
 
 Every run is repeated for each seed of the config; results.json holds the mean over seeds
@@ -150,7 +150,7 @@ def _finding(claim: str, paper: str, runs: tuple[str, str], metric: str, results
 
 
 def findings(results: Mapping) -> list[dict]:
-    """The seed papers' effects (DESIGN 5.3 Table 3, 6.5) and whether the synthetic runs show them."""
+    """The seed papers' effects (docs/vq2d.md#negative-frames and docs/nlq.md#training-recipe) and whether the synthetic runs show them."""
     vq, nlq = results["vq2d"], results["nlq"]
     neg = ("no_negatives", "negatives")
     out = [

@@ -16,7 +16,7 @@ SPLITS = ("train", "val", "test_unannotated")
 
 def make_synthetic(out: str | Path, seed: int = 0, preset: str = "small",
                    vq2d: dict | None = None, nlq: dict | None = None) -> dict:
-    """Write ``out/v2/...`` (DESIGN.md 7) and return the summary of what was written.
+    """Write ``out/v2/...`` (docs/data.md#synthetic) and return the summary of what was written.
 
     Args:
         out: root folder of the data set (the ``data.root`` of every tool).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-stage NaQ recipe (DESIGN 6.5) for one model, shared by naq_vslnet.sh and naq_reler.sh:
+# The two-stage NaQ recipe (docs/nlq.md#training-recipe) for one model, shared by naq_vslnet.sh and naq_reler.sh:
 #   1. make_naq: NLQ train + narrations as queries -> ROOT/v2/annotations/nlq_naq_train.json
 #   2. joint:    NLQ + NaQ training, large batch           -> OUT/joint/model_best.pth
 #   3. finetune: NLQ train only, from the best joint model  -> OUT/finetune/model_best.pth

@@ -1,4 +1,4 @@
-"""Create the NaQ training file: NLQ train + narrations as queries (DESIGN 6.1).
+"""Create the NaQ training file: NLQ train + narrations as queries (docs/nlq.md#naq).
 
     python tools/make_naq.py narrations=ROOT/v2/narrations/egoclip.tsv \
         annotations_dir=ROOT/v2/annotations out=ROOT/v2/annotations/nlq_naq_train.json

@@ -1,4 +1,4 @@
-"""NLQ training / evaluation samples and their batching (DESIGN 6.2, 6.5).
+"""NLQ training / evaluation samples and their batching (docs/nlq.md#labels and docs/nlq.md#training-recipe).
 
 :class:`NLQDataset` turns :class:`~nlq.data.annotations.NLQQuery` records into per-sample
 dicts (pooled clip features, duration, labels); :class:`NLQCollator` pads them into the
@@ -32,7 +32,7 @@ SHORT_FEATURE_TOLERANCE = 2  # steps: features covering less than clip - this ar
 
 def expand_window(window: tuple[float, float], duration: float, max_scale: float,
                   rng: np.random.Generator) -> tuple[float, float]:
-    """NaQ window expansion (DESIGN 6.5): width ``w' = w * U(1, max_scale)`` (at most the
+    """NaQ window expansion (docs/nlq.md#training-recipe): width ``w' = w * U(1, max_scale)`` (at most the
     duration), placed at a random offset so that it still contains ``window`` and stays in
     ``[0, duration]``. ``window`` must lie in ``[0, duration]``."""
     start, end = window

@@ -1,4 +1,4 @@
-"""Training targets of span-based NLQ models (VSLNet / ReLER, DESIGN 6.2-6.3) and query text.
+"""Training targets of span-based NLQ models (VSLNet / ReLER, docs/nlq.md#labels and docs/nlq.md#vslnet) and query text.
 
 A clip of duration D seconds is seen as N feature steps. Candidate span (i, j), j >= i,
 covers seconds ``(i * D / N, (j + 1) * D / N)``; the start/end labels of a GT window are the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Sentence normalisation (DESIGN 6.2: strip, drop "?", lower-case, add "?") is owned by the text
+# Sentence normalisation (docs/nlq.md#labels: strip, drop "?", lower-case, add "?") is owned by the text
 # encoders, which apply it in ``tokenize``; re-exported here so data code has one name for it.
 from nlq.models.vocab import normalize_query  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""NaQ: narrations as queries (DESIGN 6.1).
+"""NaQ: narrations as queries (docs/nlq.md#naq).
 
 Every EgoClip narration whose window lies fully inside a train clip of the VQ, NLQ or
 Moments annotations becomes an NLQ training query (text = the narration, ``#C C picks a
@@ -72,7 +72,7 @@ def read_narrations(path: str | os.PathLike, chunksize: int = 500_000,
     """The EgoClip TSV as a frame ``[video_uid, start, end, text]`` (video seconds), well-formed
     rows only; the stats count rows read and malformed rows skipped.
 
-    A header row naming the columns is used when present; otherwise DESIGN 4.3's column order.
+    A header row naming the columns is used when present; otherwise the column order of docs/data.md#narrations.
     """
     path = Path(path)
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""AdamW with a linear warmup / linear decay learning rate (DESIGN 6.3-6.5).
+"""AdamW with a linear warmup / linear decay learning rate (docs/nlq.md#vslnet, docs/nlq.md#reler and docs/nlq.md#training-recipe).
 
 The learning rate is a pure function of the global step (:class:`WarmupLinearSchedule`),
 so a resumed run needs only the step counter to continue the schedule, and a run resumed
@@ -38,7 +38,7 @@ class WarmupLinearSchedule:
     Args:
         base_lr: peak learning rate.
         total_steps: optimisation steps of the whole schedule (epochs x steps per epoch).
-        warmup_steps: steps of the warmup (DESIGN 6.5: 2.5% of ``total_steps``).
+        warmup_steps: steps of the warmup (docs/nlq.md#training-recipe: 2.5% of ``total_steps``).
     """
 
     base_lr: float

@@ -1,4 +1,4 @@
-"""Ego4D NLQ metric (DESIGN 6.6), pure numpy.
+"""Ego4D NLQ metric (docs/nlq.md#metrics), pure numpy.
 
 Recall@k at IoU > t (strict) for k in (1, 5), t in (0.3, 0.5): a prediction counts when any
 of its first k windows has IoU > t with the GT window; IoU = intersection / (max end - min

@@ -64,7 +64,7 @@ def format_metrics(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def default_annotations_path(data_root: str | os.PathLike, split: str) -> Path:
-    """The Ego4D download layout: ``ROOT/v2/annotations/nlq_<split>.json`` (DESIGN 4)."""
+    """The Ego4D download layout: ``ROOT/v2/annotations/nlq_<split>.json`` (docs/data.md)."""
     return Path(data_root) / "v2" / "annotations" / f"nlq_{split}.json"
 
 

@@ -1,4 +1,4 @@
-"""NLQ challenge submission files (DESIGN 6.6).
+"""NLQ challenge submission files (docs/nlq.md#metrics).
 
 ```
 {"version": "1.0", "challenge": "ego4d_nlq_challenge",

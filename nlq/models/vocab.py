@@ -9,7 +9,7 @@ _WORD = re.compile(r"[\w']+|[^\w\s]")
 
 
 def normalize_query(text: str) -> str:
-    """DESIGN 6.2: strip, drop "?", lower-case, add "?" ("Where is it? " -> "where is it?")."""
+    """docs/nlq.md#labels: strip, drop "?", lower-case, add "?" ("Where is it? " -> "where is it?")."""
     return text.strip().replace("?", "").strip().lower() + "?"
 
 

@@ -1,4 +1,4 @@
-"""VSLNet (Zhang et al. 2020) for Ego4D NLQ, DESIGN 6.3.
+"""VSLNet (Zhang et al. 2020) for Ego4D NLQ, docs/nlq.md#vslnet.
 
 video [B, T, Dv] -> Linear -> shared feature encoder <- Linear <- text encoder [B, L, d_text];
 context-query attention, query-pooled concat, query-guided highlighting, conditioned span

@@ -1,4 +1,4 @@
-"""Peak detection on score curves (DESIGN 5.6) and the no-peak fallback of the pipeline."""
+"""Peak detection on score curves (docs/vq2d.md#peaks) and the no-peak fallback of the pipeline."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Trackers (DESIGN 5.7): association stop conditions, the bidirectional driver, OpenCV CSRT
+"""Trackers (docs/vq2d.md#tracking): association stop conditions, the bidirectional driver, OpenCV CSRT
 on a tiny moving-square clip, and the plug-in registry."""
 import numpy as np
 import pytest

@@ -155,7 +155,7 @@ class VQClip:
     extra: dict = field(default_factory=dict)
 
     def canonical_frame(self, clip_frame: int) -> int:
-        """30 fps canonical-video frame of 5 fps clip frame ``clip_frame`` (DESIGN 4.1)."""
+        """30 fps canonical-video frame of 5 fps clip frame ``clip_frame`` (docs/data.md#vq2d-annotations)."""
         return self.video_start_frame + round(clip_frame * CANONICAL_FPS / self.clip_fps)
 
     def to_dict(self) -> dict:

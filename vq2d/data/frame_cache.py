@@ -1,7 +1,7 @@
 """The JPEG frame cache of VQ2D clips and which frames a split needs.
 
 Layout: ``<root>/<clip_uid>/<frame_number:06d>.jpg``, ``frame_number`` a 5 fps clip frame
-(DESIGN 4.1), the image at the annotation's original resolution. Files are written
+(docs/data.md#vq2d-annotations), the image at the annotation's original resolution. Files are written
 atomically (temporary file + rename), so a JPEG in the cache is always complete.
 
 Which frames a query needs (:func:`needed_frames`), by part:
@@ -10,7 +10,7 @@ Which frames a query needs (:func:`needed_frames`), by part:
 * ``response_track``: the response-track frames;
 * ``negatives``: for a response-track frame ``f`` of a track of length ``L``, the frames
   ``f + k * L`` (``k = 1 .. negatives_per_positive``) before the query frame: the
-  reference practice for frames where the object is presumably absent (DESIGN 5.2);
+  reference practice for frames where the object is presumably absent (docs/vq2d.md#training-samples);
 * ``search_window``: frames ``0 .. query_frame - 1``, what evaluation searches.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Frames of a VQ2D clip at 5 fps, decoded from its mp4 with PyAV (DESIGN 4.1).
+"""Frames of a VQ2D clip at 5 fps, decoded from its mp4 with PyAV (docs/data.md#vq2d-annotations).
 
 Clip frame ``i`` is the decoded frame shown at time ``i / clip_fps`` seconds after the
 clip's first frame. Times come from the frames' time stamps, counted from the first

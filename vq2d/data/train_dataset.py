@@ -3,7 +3,7 @@
 * :class:`PairDataset` holds the lightweight :class:`~vq2d.data.samples.TrainSample`
   records; ``dataset[(index, seed)]`` calls the mapper on the loader worker.
 * :class:`PairMapper` reads the frame and the reference frame from the JPEG frame cache,
-  cuts the visual crop (DESIGN 5.1), shrinks the frame and augments both
+  cuts the visual crop (docs/vq2d.md#visual-crop), shrinks the frame and augments both
   (:mod:`vq2d.data.transforms`) with a generator seeded by the key's seed, so a sample's
   tensors depend on its key only (not on the worker or on when it is loaded).
 * :class:`InfiniteSampler` yields the keys of one rank forever: a fresh permutation per

@@ -1,4 +1,4 @@
-"""SGD with per-part learning rates and a warmup + multi-step schedule (DESIGN 5.3).
+"""SGD with per-part learning rates and a warmup + multi-step schedule (docs/vq2d.md#model).
 
 The siamese head learns at ``lr_head`` (0.02), the backbone + RPN at ``lr_backbone``
 (0.002 in the seed paper; frozen in the baseline, where they have no group at all).

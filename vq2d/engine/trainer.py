@@ -1,7 +1,7 @@
 """Training loop of the VQ2D siamese detector (SiamRCNN), in small functions.
 
 * :func:`train_one_iteration`: forward, loss check, backward, clip, step on one batch.
-* :func:`evaluate_detection`: frame-level detection AP (DESIGN 5.4) over a loader,
+* :func:`evaluate_detection`: frame-level detection AP (docs/vq2d.md#metrics) over a loader,
   gathered over processes.
 * :func:`train`: the whole run from a merged config (tools/train_vq2d.py, torchrun and
   submitit all call it): data, model, optimiser, resume from ``last_checkpoint``, the loop

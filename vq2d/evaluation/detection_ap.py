@@ -1,4 +1,4 @@
-"""Frame-level detection AP of the siamese detector (DESIGN 5.4), with pycocotools.
+"""Frame-level detection AP of the siamese detector (docs/vq2d.md#metrics), with pycocotools.
 
 Every evaluated frame is one COCO "image" of a single category. A positive frame holds
 its response box as the one ground-truth box; a negative frame (the object is absent)

@@ -1,4 +1,4 @@
-"""The detection pass (DESIGN 5.5): every query's top detections on frames 0..query_frame-1.
+"""The detection pass (docs/vq2d.md#detection-pass): every query's top detections on frames 0..query_frame-1.
 
 Two modes give the same detections:
 
@@ -176,7 +176,7 @@ class DetectionPass:
 
     # -- helpers ------------------------------------------------------------------------
     def _crop_tensor(self, query: VQQuery, image: np.ndarray) -> Tensor:
-        """The query's visual crop ``[3, S, S]`` float 0..255 (DESIGN 5.1)."""
+        """The query's visual crop ``[3, S, S]`` float 0..255 (docs/vq2d.md#visual-crop)."""
         try:
             crop = make_visual_crop(image, query.visual_crop.xyxy, size=self.model.crop_size)
         except DataError as e:

@@ -1,4 +1,4 @@
-"""Peak detection on a query's score curve (DESIGN 5.6).
+"""Peak detection on a query's score curve (docs/vq2d.md#peaks).
 
 The curve ``s[t]`` (best detection score on frame t, t = 0 .. query_frame-1) is median
 filtered (kernel 5), peaks are found with ``scipy.signal.find_peaks(distance=25, width=3,

@@ -1,5 +1,5 @@
 """One clip -> a response track per query: detection pass (cached per query), peak
-detection, bidirectional tracking (DESIGN 5.5-5.7).
+detection, bidirectional tracking (docs/vq2d.md#detection-pass, docs/vq2d.md#peaks and docs/vq2d.md#tracking).
 
 A query that cannot be answered (bad crop, query frame past the end of the clip, a tracker
 failure) and every query of a clip that cannot be read get a :class:`QueryOutcome` with an

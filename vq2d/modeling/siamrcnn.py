@@ -1,4 +1,4 @@
-"""SiamRCNN: ResNet-FPN backbone + RPN + siamese ROI head (DESIGN 5.3).
+"""SiamRCNN: ResNet-FPN backbone + RPN + siamese ROI head (docs/vq2d.md#model).
 
 Training scores every visual crop of the batch against the sampled ROIs of every frame of
 the batch (cross-batch negatives) with hard-negative mining. Inference splits into a

@@ -1,4 +1,4 @@
-"""Ego4D VQ2D annotation entries (DESIGN.md 4.1, version "2") for synthetic clips.
+"""Ego4D VQ2D annotation entries (docs/data.md#vq2d-annotations, version "2") for synthetic clips.
 
 Field order follows the real files. Boxes get a little annotator jitter and are rounded
 to 2 decimals; response-track boxes keep coordinates outside the frame (as drawn by an

@@ -1,4 +1,4 @@
-"""Write a synthetic VQ2D data set in the Ego4D layout (DESIGN.md 4.1 and 7):
+"""Write a synthetic VQ2D data set in the Ego4D layout (docs/data.md#vq2d-annotations and docs/data.md#synthetic):
 ``ROOT/v2/annotations/vq_{train,val,test_unannotated}.json`` and ``ROOT/v2/clips/<clip_uid>.mp4``."""
 from __future__ import annotations
 

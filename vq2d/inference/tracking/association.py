@@ -1,4 +1,4 @@
-"""Detection-association tracker (the default, DESIGN 5.7): follows the target through the
+"""Detection-association tracker (the default, docs/vq2d.md#tracking): follows the target through the
 detections the detection pass already cached, so it costs nothing but a few IoUs.
 
 On each next frame, the candidates are that frame's cached detections overlapping the

@@ -1,4 +1,4 @@
-"""The tracker interface, its registry, and the bidirectional driver (DESIGN 5.7).
+"""The tracker interface, its registry, and the bidirectional driver (docs/vq2d.md#tracking).
 
 A tracker follows one box through frames in one direction. The driver starts one tracker
 at the peak and runs it backward (peak-1 down to 0) and another forward (peak+1 up to
