@@ -116,6 +116,8 @@ def data_config(data: Any, splits: Mapping[str, str] | None = None) -> dict:
         "root": data["root"], "annotations_dir": data["annotations_dir"],
         "splits": dict(splits or {}), "train_splits": ["train"], "features": features,
         "max_len": data["max_len"], "naq_expansion": data["naq_expansion"],
+        "naq_expansion_rule": data.get("naq_expansion_rule", "steps"),
+        "naq_translate": data.get("naq_translate", True), "preparation": data.get("preparation", "exact"),
         "min_window_sec": data["min_window_sec"],
         **({"augment": data["augment"]} if data.get("augment") is not None else {})})
 
@@ -223,6 +225,8 @@ def _dataset(queries: list[NLQQuery], features: FeatureStore, resolved: Mapping,
              seed: int | None, name: str) -> NLQDataset:
     return NLQDataset(queries, features, max_len=resolved["max_len"], train=train,
                       naq_expansion=resolved["naq_expansion"], seed=seed,
+                      naq_expansion_rule=resolved["naq_expansion_rule"], naq_translate=resolved["naq_translate"],
+                      preparation=resolved["preparation"],
                       min_window_sec=resolved["min_window_sec"], name=name,
                       augmentations=build_augmentations(resolved["augment"]) if train else None)
 

@@ -141,7 +141,8 @@ def _eval_dataset(run_cfg: DictConfig, data_root: str, annotations: Path,
     if textless:
         log.warning("%s: %d language queries without text (not predicted)", annotations, textless)
     dataset = NLQDataset(queries, features, max_len=resolved["max_len"], train=False, naq_expansion=None,
-                         min_window_sec=resolved["min_window_sec"], name=Path(annotations).stem)
+                         min_window_sec=resolved["min_window_sec"], name=Path(annotations).stem,
+                         preparation=resolved["preparation"])
     return dataset, annotation_file
 
 
