@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 STAGE_QUERIES = ("nlq", "nlq+naq", "naq")  # stage.queries: NLQ train, NLQ + NaQ file, NaQ queries only
 _SCHEDULE_KEYS = ("batch_size", "lr", "max_epochs")  # per model and stage in the preset
 _MODEL_KEYS = ("weight_decay", "grad_clip")  # per model in the preset
+# optional in the preset (per stage, else per model, else this default): older presets keep their behaviour
+_OPTIONAL_KEYS = {"warmup_fraction": 0.025, "adam_eps": 1e-8, "no_decay": "ndim", "lr_decay": "linear",
+                  "lr_drop_epochs": 0}
 
 
 def _container(cfg: Any) -> dict:
@@ -45,7 +48,9 @@ def resolve_train_config(cfg: Any) -> DictConfig:
     """A copy of the training config with every null derived value filled in.
 
     batch_size, lr, max_epochs: ``schedule[model][stage]``; weight_decay, grad_clip:
-    ``schedule[model]``; schedule_epochs: max_epochs; data.max_len: model.max_len;
+    ``schedule[model]``; warmup_fraction, adam_eps, no_decay, lr_decay, lr_drop_epochs:
+    ``schedule[model][stage]``, else ``schedule[model]``, else the old defaults (0.025, 1e-8,
+    ndim, linear, 0); schedule_epochs: max_epochs; data.max_len: model.max_len;
     data.features.names: data.features.by_model[model]; each null of data.augment:
     ``schedule[model].augment`` (training augmentations, ReLER), else off
     (:data:`~nlq.data.augment.AUGMENT_DEFAULTS`). Checks the stage's needs (init).
@@ -65,6 +70,9 @@ def resolve_train_config(cfg: Any) -> DictConfig:
     for key in _MODEL_KEYS:
         if out[key] is None:
             out[key] = table[key]
+    for key, default in _OPTIONAL_KEYS.items():
+        if out.get(key) is None:
+            out[key] = table[stage].get(key, table.get(key, default))
     if out["schedule_epochs"] is None:
         out["schedule_epochs"] = out["max_epochs"]
     data = out["data"]
@@ -98,12 +106,18 @@ class Schedule:
     weight_decay: float
     grad_clip: float  # 0: off
     warmup_fraction: float
+    adam_eps: float = 1e-8
+    no_decay: str = "ndim"  # nlq.engine.optim.NO_DECAY_RULES
+    lr_decay: str = "linear"  # linear | step
+    lr_drop_epochs: int = 0  # step decay: x0.1 every this many epochs (0: never)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Schedule":
         return cls(batch_size=int(cfg.batch_size), lr=float(cfg.lr), max_epochs=int(cfg.max_epochs),
                    schedule_epochs=int(cfg.schedule_epochs), weight_decay=float(cfg.weight_decay),
-                   grad_clip=float(cfg.grad_clip or 0.0), warmup_fraction=float(cfg.warmup_fraction))
+                   grad_clip=float(cfg.grad_clip or 0.0), warmup_fraction=float(cfg.warmup_fraction),
+                   adam_eps=float(cfg.adam_eps), no_decay=str(cfg.no_decay), lr_decay=str(cfg.lr_decay),
+                   lr_drop_epochs=int(cfg.lr_drop_epochs or 0))
 
 
 # Data --------------------------------------------------------------------------------------
