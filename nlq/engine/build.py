@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from episodic import distributed
 from episodic.errors import DataError
+from episodic.io import read_json
 from nlq.data.annotations import NLQAnnotationFile, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, build_augmentations
 from nlq.data.dataset import NLQCollator, NLQDataset, resolve_data_config
@@ -181,6 +182,40 @@ def ensure_naq_file(naq_file: str | Path, narrations: str | Path, annotations_di
     return stats
 
 
+def read_clip_list(path: str | Path) -> set[str]:
+    """A JSON list of clip uids (NaQ's ``--zeroshot_subsample_clips`` / ``--scaling_subsample_clips`` files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"clip list not found: {path}")
+    clips = read_json(path)
+    if not isinstance(clips, list) or not all(isinstance(c, str) for c in clips):
+        raise DataError(f"{path}: a clip list must be a JSON list of clip_uid strings")
+    return set(clips)
+
+
+def subsample_by_clip_lists(queries: list[NLQQuery], nlq_clips: str | None,
+                            naq_clips: str | None) -> tuple[list[NLQQuery], dict]:
+    """NaQ's few-shot / scaling subsets: NLQ queries only of the clips in ``nlq_clips`` and
+    NaQ queries only of the clips in ``naq_clips`` (each a clip-list file; None keeps all).
+    Returns (kept queries, counts per list)."""
+    lists = {kind: read_clip_list(path) for kind, path in (("nlq", nlq_clips), ("naq", naq_clips)) if path}
+    if not lists:
+        return queries, {}
+    kept, counts = [], {kind: {"file": str(path), "clips": len(lists[kind]), "queries": 0, "kept": 0}
+                        for kind, path in (("nlq", nlq_clips), ("naq", naq_clips)) if path}
+    for q in queries:
+        kind = "naq" if is_naq_query(q.query) else "nlq"
+        if kind in lists:
+            counts[kind]["queries"] += 1
+            if q.clip_uid not in lists[kind]:
+                continue
+            counts[kind]["kept"] += 1
+        kept.append(q)
+    for kind, c in counts.items():
+        log.info("%s queries of the clips in %s: %d of %d", kind.upper(), c["file"], c["kept"], c["queries"])
+    return kept, counts
+
+
 @dataclass
 class TrainingData:
     """Datasets of a training run and what was counted while building them."""
@@ -217,6 +252,9 @@ def build_training_data(cfg: Any) -> TrainingData:
         report.setdefault("naq_creation", annotations.meta["naq"]["counts"])
     if queries_kind == "naq":
         queries = [q for q in queries if is_naq_query(q.query)]
+    queries, subsets = subsample_by_clip_lists(queries, cfg.data.get("nlq_clips"), cfg.data.get("naq_clips"))
+    if subsets:
+        report["clip_lists"] = subsets
     queries, missing = drop_missing_features(queries, features)
     report["train"] = {"file": str(train_file), "without_text": textless, "missing_feature_clips": len(missing),
                        "missing_feature_examples": missing[:5]}

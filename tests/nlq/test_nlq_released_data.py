@@ -142,3 +142,23 @@ def test_data_config_keys(tmp_path, store):
     assert val.preparation == "released" and val.naq_expansion_rule == "seconds" and not val.naq_translate
     with pytest.raises(ValueError, match="naq_expansion_rule"):
         build_datasets({"root": str(tmp_path), "naq_expansion_rule": "minutes"}, splits=["val"])
+
+
+def test_clip_lists_subsample_nlq_and_naq_queries_by_clip(tmp_path):
+    from episodic.errors import DataError
+    from nlq.engine.build import subsample_by_clip_lists
+
+    queries = [NLQQuery("v", clip, "a", i, text, (1.0, 2.0), 20.0, 0.0)
+               for i, (clip, text) in enumerate([("c1", "where?"), ("c1", "#C C x"), ("c2", "what?"), ("c2", "#C C y"),
+                                                 ("c3", "who?")])]
+    (tmp_path / "nlq.json").write_text(json.dumps(["c1", "c3"]))
+    (tmp_path / "naq.json").write_text(json.dumps(["c2"]))
+    kept, counts = subsample_by_clip_lists(queries, str(tmp_path / "nlq.json"), None)
+    assert [q.query_idx for q in kept] == [0, 1, 3, 4]  # NaQ untouched, NLQ of c2 dropped
+    assert counts == {"nlq": {"file": str(tmp_path / "nlq.json"), "clips": 2, "queries": 3, "kept": 2}}
+    kept, counts = subsample_by_clip_lists(queries, str(tmp_path / "nlq.json"), str(tmp_path / "naq.json"))
+    assert [q.query_idx for q in kept] == [0, 3, 4] and counts["naq"]["kept"] == 1
+    assert subsample_by_clip_lists(queries, None, None) == (queries, {})
+    (tmp_path / "bad.json").write_text(json.dumps({"c1": 1}))
+    with pytest.raises(DataError, match="bad.json"):
+        subsample_by_clip_lists(queries, str(tmp_path / "bad.json"), None)
