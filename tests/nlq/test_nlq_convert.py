@@ -34,8 +34,9 @@ def _encoder_entries(prefix, d, max_pos, layers, kernel, gen):
     return out
 
 
-def released_vslnet(d=16, video_dim=10, text_dim=12, max_pos=32, layers=4, kernel=7, ddp=False, seed=0):
-    """A state dict with NLQ/VSLNet's (--predictor bert) module names and shapes, random values."""
+def released_vslnet(d=16, video_dim=10, text_dim=12, max_pos=32, layers=4, kernel=7, ddp=False, seed=0, scale=1.0):
+    """A state dict with NLQ/VSLNet's (--predictor bert) module names and shapes, random values
+    (N(0, scale^2); LayerNorm scales 1 + N(0, scale^2))."""
     shapes = {"video_affine.linear.conv1d.weight": (d, video_dim, 1), "video_affine.linear.conv1d.bias": (d,),
               **_encoder_entries("feature_encoder.", d, max_pos, layers, kernel, None),
               "cq_attention.w4C": (d, 1), "cq_attention.w4Q": (d, 1), "cq_attention.w4mlu": (1, 1, d),
@@ -54,7 +55,11 @@ def released_vslnet(d=16, video_dim=10, text_dim=12, max_pos=32, layers=4, kerne
         shapes[f"predictor.{side}_block.2.conv1d.weight"] = (1, d, 1)
         shapes[f"predictor.{side}_block.2.conv1d.bias"] = (1,)
     gen = torch.Generator().manual_seed(seed)
-    return {("module." if ddp else "") + k: torch.randn(*v, generator=gen) for k, v in shapes.items()}
+    out = {}
+    for k, v in shapes.items():
+        value = scale * torch.randn(*v, generator=gen)
+        out[("module." if ddp else "") + k] = value + 1.0 if "layer_norm" in k and k.endswith("weight") else value
+    return out
 
 
 def test_every_released_tensor_maps_one_to_one():
@@ -167,3 +172,32 @@ def test_convert_errors(tmp_path):
     assert convert_naq_checkpoint(cfg)["model"] == "vslnet"
     saved = torch.load(tmp_path / "o.pth", weights_only=False)
     assert saved["feature_dims"] == [6, 4] and saved["model"]["text_encoder._extra_state"] == {"model_path": "x"}
+
+
+class FixedTextFeatures(torch.nn.Module):
+    """Text encoder stand-in: the batch's ``text`` holds the features themselves."""
+
+    output_dim = 12
+
+    def forward(self, text):
+        return text["emb"], text["mask"]
+
+
+def test_converted_weights_reproduce_the_released_vslnet_outputs():
+    """Golden outputs of NaQ's VSLNet/model/layers.py (run outside this repository, eval mode,
+    no padding) on released_vslnet(seed=3, scale=0.1); our converted model must match them."""
+    from nlq.models.build import build_model
+
+    golden = json.loads((Path(__file__).parent / "data" / "naq_vslnet_golden.json").read_text())
+    ours, overrides = convert_naq_vslnet_state_dict(released_vslnet(seed=golden["seed"], scale=golden["scale"]))
+    model = build_model({"name": "vslnet", "num_heads": 4, **overrides}, FixedTextFeatures()).eval()
+    model.load_state_dict(ours)
+    gen = torch.Generator().manual_seed(golden["input_seed"])
+    emb, video = torch.randn(2, 5, 12, generator=gen), torch.randn(2, 12, 10, generator=gen)
+    batch = {"video": video, "video_mask": torch.ones(2, 12, dtype=torch.bool),
+             "text": {"emb": emb, "mask": torch.ones(2, 5, dtype=torch.bool)}}
+    with torch.no_grad():
+        out = model.compute_outputs(batch)
+    assert torch.allclose(out["start_logits"], torch.tensor(golden["start_logits"]), atol=1e-4)
+    assert torch.allclose(out["end_logits"], torch.tensor(golden["end_logits"]), atol=1e-4)
+    assert torch.allclose(out["highlight_logits"].sigmoid(), torch.tensor(golden["highlight_scores"]), atol=1e-5)
