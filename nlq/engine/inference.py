@@ -121,6 +121,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
     """(model in eval mode on ``device``, the run's resolved config, the checkpoint dict)."""
     state = checkpoint_model_state(path)
     cfg = OmegaConf.create(state["config"])
+    if cfg.model.name == "vslnet" and "architecture" not in cfg.model:  # saved before architecture existed
+        cfg.model.architecture = "ours"
     model = build_nlq_model(cfg.model, cfg.text_encoder, int(state["video_dim"]), state_dict=state["model"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, state

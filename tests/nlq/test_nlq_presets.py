@@ -129,3 +129,15 @@ def test_released_context_query_dropout_only_on_scores():
     # the first quarter of the output projection's input is the undropped context itself
     layer.out = nn.Identity()
     assert torch.equal(layer(context, query, *masks)[..., :8], context) and out.shape == (2, 5, 8)
+
+
+def test_checkpoints_saved_before_the_architecture_key_load_as_ours(tmp_path):
+    from nlq.engine.inference import load_checkpoint_model
+
+    model = _vslnet("ours")
+    config = {"model": {"name": "vslnet", "hidden_dim": 16, "num_heads": 2, "max_len": 16, "num_conv_layers": 2},
+              "text_encoder": {"name": "learned", "word_dim": 6, "char_dim": 4, "char_channels": [2, 2],
+                               "char_kernels": [1, 2]}}
+    torch.save({"model": model.state_dict(), "config": config, "video_dim": 5}, tmp_path / "old.pth")
+    loaded, cfg, _ = load_checkpoint_model(tmp_path / "old.pth")
+    assert cfg.model.architecture == "ours" and loaded.architecture == "ours"
