@@ -82,12 +82,13 @@ def prepare_nlq_data(runner: StepRunner, cfg: Any, *, root: Path, out: Path, dat
     {"naq", "fewshot_naq", "fewshot_train": paths}."""
     fewshot_dir = out / "nlq" / "fewshot_annotations"
     fraction, fs_seed = float(cfg.nlq.fewshot.fraction), int(cfg.nlq.fewshot.seed)
+    unit = str(cfg.nlq.fewshot.get("unit", "clip"))  # clip: NaQ's clip-list subsets
     naq = nlq_runs.build_naq(runner, "naq", narrations=nlq_runs.narrations_path(root),
                              annotations=nlq_runs.annotations_dir(root), out=out / "nlq" / "nlq_naq_train.json",
                              depends=[data_step])
     runner.call("fewshot_split",
-                lambda: write_fewshot_annotations(nlq_runs.annotations_dir(root), fewshot_dir, fraction, fs_seed),
-                key=[root, fraction, fs_seed], outputs=[fewshot_dir / NLQ_TRAIN], depends=[data_step])
+                lambda: write_fewshot_annotations(nlq_runs.annotations_dir(root), fewshot_dir, fraction, fs_seed, unit),
+                key=[root, fraction, fs_seed, unit], outputs=[fewshot_dir / NLQ_TRAIN], depends=[data_step])
     fewshot_naq = nlq_runs.build_naq(runner, "fewshot_naq", narrations=nlq_runs.narrations_path(root),
                                      annotations=fewshot_dir, out=out / "nlq" / "fewshot_nlq_naq_train.json",
                                      depends=["fewshot_split"])
@@ -256,7 +257,8 @@ def write_reproduce_report(cfg: Any, out: Path, results: dict, timings: list, vq
         "the rest from `tools/eval_vq2d.py` on val (full pipeline); `bg_peak_score` = mean over val queries of "
         "the highest detection score on search-window frames outside the GT track.",
         f"* NLQ: VSLNet ({cfg.nlq.preset} preset), seeds {list(cfg.nlq.seeds)}, epochs per stage "
-        f"{dict(cfg.nlq.epochs)}; few-shot = {cfg.nlq.fewshot.fraction:.0%} of the NLQ train queries "
+        f"{dict(cfg.nlq.epochs)}; few-shot = the NLQ train queries of {cfg.nlq.fewshot.fraction:.0%} of the NLQ train "
+        f"{cfg.nlq.fewshot.get('unit', 'clip')}s "
         f"(subset seed {cfg.nlq.fewshot.seed}), NaQ unchanged. Best checkpoint by val R@1 IoU0.3 (as the paper's "
         "recipe), then scored on val by `tools/eval_nlq.py`.",
         "",

@@ -20,28 +20,16 @@ from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 from episodic.errors import DataError
 from nlq.data.annotations import NLQKey, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, Augmentation, AugmentSample, apply_augmentations, build_augmentations
-from nlq.data.features import FeatureFileError, FeatureStore, pool_to_max_len
-from nlq.data.labels import highlight_labels, is_naq_query, span_labels
+from nlq.data.features import POOLING, FeatureFileError, FeatureStore
+from nlq.data.labels import (PREPARATIONS, highlight_labels, is_naq_query, released_duration, released_grid,
+                             span_labels, steps_to_seconds)
+from nlq.data.naq import EXPANSION_RULES, expand_span_steps, expand_window  # noqa: F401  (expand_window: re-export)
 from nlq.data.pooled_store import PooledStore
 
 log = logging.getLogger(__name__)
 
 MIN_WINDOW_SEC = 1.0 / 30.0  # train/val queries with a window this short or shorter are dropped
 SHORT_FEATURE_TOLERANCE = 2  # steps: features covering less than clip - this are "short"
-
-
-def expand_window(window: tuple[float, float], duration: float, max_scale: float,
-                  rng: np.random.Generator) -> tuple[float, float]:
-    """NaQ window expansion (docs/nlq.md#training-recipe): width ``w' = w * U(1, max_scale)`` (at most the
-    duration), placed at a random offset so that it still contains ``window`` and stays in
-    ``[0, duration]``. ``window`` must lie in ``[0, duration]``."""
-    start, end = window
-    width = end - start
-    new_width = min(width * rng.uniform(1.0, max_scale), duration)
-    low = max(0.0, end - new_width)  # leftmost start still containing the window
-    high = min(start, duration - new_width)  # rightmost start, window inside the clip
-    new_start = rng.uniform(low, high) if high > low else low
-    return new_start, min(new_start + new_width, duration)
 
 
 class NLQDataset(Dataset):
@@ -53,6 +41,14 @@ class NLQDataset(Dataset):
         max_len: features longer than this are mean-pooled to it (VSLNet 128, ReLER 600).
         train: training mode: NaQ samples get a random window expansion at every draw.
         naq_expansion: max scale S of the NaQ expansion (2.5; 5.0 for NaQ++); None = off.
+        naq_expansion_rule: "steps" (released: the label span's step indices, after pooling and
+            augmentation, :func:`~nlq.data.naq.expand_span_steps`) or "seconds" (ours: the
+            window in seconds before pooling, :func:`~nlq.data.naq.expand_window`).
+        naq_translate: with rule "steps", also move the expanded span at random (the
+            release's ``--nar_rand_window_translate``).
+        preparation: "exact" (ours: annotated windows and clip durations as they are, every
+            step pooled) or "released" (NaQ's: duration ``int(D * rate) / rate``, windows floored
+            to the feature grid, the last step left out of the last pooled bin).
         seed: seed of the expansion RNG; None = derive it from torch's seed (set by the
             trainer, and per worker / epoch by the DataLoader).
         min_window_sec: queries with a known window of at most this length are dropped
@@ -80,7 +76,17 @@ class NLQDataset(Dataset):
                  naq_expansion: float | None = 2.5, seed: int | None = None,
                  min_window_sec: float | None = MIN_WINDOW_SEC,
                  short_feature_tolerance: int = SHORT_FEATURE_TOLERANCE, name: str = "",
-                 augmentations: list[Augmentation] | None = None, skip_bad_features: bool = False):
+                 augmentations: list[Augmentation] | None = None, naq_expansion_rule: str = "steps",
+                 naq_translate: bool = True, preparation: str = "exact",
+                 skip_bad_features: bool = False):
+        if naq_expansion_rule not in EXPANSION_RULES:
+            raise ValueError(f"naq_expansion_rule must be one of {EXPANSION_RULES} (got {naq_expansion_rule!r})")
+        if preparation not in PREPARATIONS:
+            raise ValueError(f"preparation must be one of {PREPARATIONS} (got {preparation!r})")
+        self.naq_expansion_rule = naq_expansion_rule
+        self.naq_translate = bool(naq_translate)
+        self.preparation = preparation
+        self.pool = POOLING[preparation]
         self.features = features
         self.max_len = int(max_len)
         self.train = bool(train)
@@ -164,6 +170,8 @@ class NLQDataset(Dataset):
         """Read features from ``store`` (built for :meth:`clip_list` and :meth:`store_pool_len`)."""
         if store.pool_len != self.store_pool_len():
             raise ValueError(f"store pooled to {store.pool_len} steps, dataset needs {self.store_pool_len()}")
+        if store.pooling != self.preparation:
+            raise ValueError(f"store pooled with the {store.pooling!r} rule, dataset needs {self.preparation!r}")
         missing = [c for c in self._clips if c not in store]
         if missing:
             raise ValueError(f"store {store.folder} lacks {len(missing)} clips of this dataset, e.g. {missing[0][0]}")
@@ -182,10 +190,14 @@ class NLQDataset(Dataset):
         return feat, feat.shape[0]
 
     def _duration(self, num_steps: int, q: NLQQuery) -> tuple[float, bool]:
-        """(seconds the sample spans, whether the features are short of the clip)."""
+        """(seconds the sample spans, whether the features are short of the clip).
+
+        Preparation "released": ``int(D * rate) / rate`` whatever the features cover."""
         if num_steps <= 0:
             raise DataError(f"features of clip {q.clip_uid} have no step (feature root {self.features.root})")
         covered = num_steps / self.features.rate
+        if self.preparation == "released":
+            return released_duration(q.clip_duration, self.features.rate), False
         if covered < q.clip_duration - self.short_feature_tolerance / self.features.rate:
             return covered, True
         return q.clip_duration, False
@@ -230,22 +242,30 @@ class NLQDataset(Dataset):
         duration, _ = self._duration(raw_steps, q)
         naq = is_naq_query(q.query)
         window = None
+        expand = self.train and naq and self.naq_expansion is not None
         if q.window is not None:
-            start = min(max(q.window[0], 0.0), duration)
-            window = (start, min(max(q.window[1], start), duration))
-            if self.train and naq and self.naq_expansion is not None:
+            if self.preparation == "released":
+                window = released_grid(q.window, duration, self.features.rate)
+            else:
+                start = min(max(q.window[0], 0.0), duration)
+                window = (start, min(max(q.window[1], start), duration))
+            if expand and self.naq_expansion_rule == "seconds":
                 window = expand_window(window, duration, self.naq_expansion, rng or self._generator())
             if self.train and self.augmentations:
                 augmented = apply_augmentations(self.augmentations, AugmentSample(feat, window, duration),
                                                 rng or self._generator(), self._donor_sampler(q))
                 feat, window, duration = augmented.features, augmented.window, augmented.duration
-        video = pool_to_max_len(feat, self.max_len)  # [N, D]
+        video = self.pool(feat, self.max_len)  # [N, D]
         num_steps = video.shape[0]
         sample = {"key": q.key, "query": q.query, "video": video, "feature_dims": tuple(self.features.dims),
                   "duration": duration, "window": None, "start_label": None, "end_label": None,
                   "highlight_label": None, "is_naq": naq}
         if window is not None:
             s_idx, e_idx = span_labels(window, duration, num_steps)
+            if expand and self.naq_expansion_rule == "steps":
+                s_idx, e_idx = expand_span_steps(s_idx, e_idx, num_steps, self.naq_expansion, self.naq_translate,
+                                                 rng or self._generator())
+                window = steps_to_seconds(s_idx, e_idx, duration, num_steps)
             sample.update(window=window, start_label=s_idx, end_label=e_idx,
                           highlight_label=torch.from_numpy(highlight_labels(s_idx, e_idx, num_steps)))
         return sample
@@ -333,6 +353,9 @@ DATA_DEFAULTS: dict = {
     },
     "max_len": 128,                      # pool longer features to this (VSLNet 128, ReLER 600)
     "naq_expansion": 2.5,                # NaQ window expansion scale S (5.0 NaQ++; null: off)
+    "naq_expansion_rule": "steps",       # steps: released (label step indices) | seconds: ours
+    "naq_translate": True,               # steps rule: random translation inside the expanded span
+    "preparation": "exact",              # exact: ours | released: NaQ's grid, duration and pooling
     "min_window_sec": MIN_WINDOW_SEC,    # drop train/val queries with windows this short
     "seed": None,                        # NaQ expansion / augmentation seed (null: from torch's seed)
     "augment": dict(AUGMENT_DEFAULTS),   # ReLER training augmentations (nlq.data.augment), off by default
@@ -384,6 +407,8 @@ def build_datasets(cfg: Mapping | None, splits: list[str] | None = None,
                                 max_len=max_len or resolved["max_len"],
                                 train=split in resolved["train_splits"],
                                 naq_expansion=resolved["naq_expansion"], seed=resolved["seed"],
+                                naq_expansion_rule=resolved["naq_expansion_rule"],
+                                naq_translate=resolved["naq_translate"], preparation=resolved["preparation"],
                                 min_window_sec=resolved["min_window_sec"], name=split,
                                 augmentations=(build_augmentations(resolved["augment"])
                                                if split in resolved["train_splits"] else None),

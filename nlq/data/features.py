@@ -73,6 +73,35 @@ def pool_to_max_len(feat: torch.Tensor, max_len: int) -> torch.Tensor:
     return (sums / counts[:, None]).to(feat.dtype)
 
 
+def pool_to_max_len_released(feat: torch.Tensor, max_len: int) -> torch.Tensor:
+    """NaQ / VSLNet's released pooling of ``feat [T, D]`` to ``[min(T, max_len), D]``.
+
+    Edges ``round(arange(max_len + 1) / max_len * T)`` with every edge above ``T - 1`` set to
+    ``T - 1``, so the last step is left out of the last bin; bin ``i`` averages steps
+    ``[edges[i], edges[i+1])``, and an empty bin takes step ``edges[i]`` alone. Otherwise as
+    :func:`pool_to_max_len` (``feat`` itself when ``T <= max_len``).
+    """
+    if feat.ndim != 2:
+        raise ValueError(f"pool_to_max_len_released expects [T, D], got shape {tuple(feat.shape)}")
+    if max_len <= 0:
+        raise ValueError(f"max_len must be > 0 (got {max_len})")
+    num_steps = feat.shape[0]
+    if num_steps <= max_len:
+        return feat
+    edges = torch.round(torch.arange(max_len + 1, dtype=torch.float64) / max_len * num_steps).long()
+    edges = edges.clamp(max=num_steps - 1)
+    counts = edges[1:] - edges[:-1]  # [max_len], >= 0
+    cumulative = torch.cat([feat.new_zeros(1, feat.shape[1], dtype=torch.float64),
+                            feat.to(torch.float64).cumsum(0)])  # [T + 1, D]
+    sums = cumulative[edges[1:]] - cumulative[edges[:-1]]
+    means = sums / counts.clamp(min=1)[:, None]
+    pooled = torch.where((counts > 0)[:, None], means, feat[edges[:-1]].to(torch.float64))
+    return pooled.to(feat.dtype)
+
+
+POOLING = {"exact": pool_to_max_len, "released": pool_to_max_len_released}  # data.preparation -> pooling
+
+
 def video_slice(start_sec: float, end_sec: float, rate: float = FEATURES_PER_SECOND) -> slice:
     """Steps of a per-video feature tensor covering ``[start_sec, end_sec]`` of the video."""
     return slice(max(0, int(start_sec * rate)), max(0, int(end_sec * rate)) + 1)

@@ -5,6 +5,11 @@ covers seconds ``(i * D / N, (j + 1) * D / N)``; the start/end labels of a GT wi
 candidate with the highest IoU against it. Highlight labels mark the label span extended by
 10% of its length (in steps) on each side.
 
+Two preparations of the seconds (``data.preparation``, docs/nlq.md#features):
+``exact`` (this toolkit's: the annotated window and clip duration as they are) and
+``released`` (NaQ's ``prepare_ego4d_dataset.py``: duration ``int(D * rate) / rate`` and the
+window's both ends floored to the feature grid, :func:`released_grid`).
+
 Query text is passed to the text encoder as written in the file: the encoder's ``tokenize``
 normalises it (:func:`normalize_query`).
 """
@@ -17,6 +22,24 @@ import numpy as np
 from nlq.models.vocab import normalize_query  # noqa: F401
 
 HIGHLIGHT_EXTEND = 0.1
+PREPARATIONS = ("exact", "released")  # data.preparation
+
+
+def released_duration(duration: float, rate: float) -> float:
+    """The released clip duration: whole feature steps only, ``int(D * rate) / rate`` seconds."""
+    return int(duration * rate) / rate
+
+
+def released_grid(window: tuple[float, float], duration: float, rate: float) -> tuple[float, float]:
+    """The released window: both ends floored to the feature grid (``int(t * rate) / rate``),
+    then clipped to ``[0, duration]`` (``duration`` already :func:`released_duration`).
+
+    A window inside one feature step becomes empty (start == end): its labels are then
+    span (0, 0), as in the release.
+    """
+    start = max(0.0, int(window[0] * rate) / rate)
+    end = min(int(window[1] * rate) / rate, duration)
+    return start, end
 
 
 def is_naq_query(text: str) -> bool:

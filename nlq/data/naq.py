@@ -8,6 +8,10 @@ The output is NLQ train plus these annotations, in the NLQ file format.
 
 Everything per narration is vectorised (pandas / numpy); Python loops run over file
 chunks, clips and videos only.
+
+The training-time window expansion of NaQ queries lives here too (docs/nlq.md#window-expansion):
+:func:`expand_span_steps` is the released rule (on the label's step indices, the default),
+:func:`expand_window` this toolkit's earlier rule (on seconds, ``naq_expansion_rule=seconds``).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ EGOCLIP_COLUMNS = ["clip_idx", "video_uid", "video_dur", "narration_source", "na
                    "narration_time", "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"]
 POOL_FILES = ("nlq_train.json", "vq_train.json", "moments_train.json")  # NLQ first: its bounds win
 NAQ_TEMPLATE = "NaQ"
+EXPANSION_RULES = ("steps", "seconds")  # data.naq_expansion_rule: released (step indices) | ours (seconds)
 _REQUIRED = ["video_uid", "clip_start", "clip_end", "clip_text"]
 _SKIPPED_LINE = re.compile(r"Skipping line \d+")
 
@@ -64,6 +69,49 @@ class NaQStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+# Window expansion (training time) -----------------------------------------------------------
+def expand_span_steps(start_index: int, end_index: int, num_steps: int, max_scale: float, translate: bool,
+                      rng: np.random.Generator) -> tuple[int, int]:
+    """NaQ's released expansion of a narration's label span, on step indices.
+
+    ``w = e - s + 1`` steps around the centre ``c = (s + e) / 2`` grows to ``w' = w * U(1, S)``;
+    with ``translate`` the centre moves by ``U(-(w' - w) / 2, (w' - w) / 2)`` (so the new span
+    still covers the old one up to rounding); then ``s' = max(rint(c - w'/2), 0)`` and
+    ``e' = min(rint(c + w'/2), N - 1)`` (``np.rint``: halves round to even), clipped to
+    ``[0, N - 1]`` with ``s' <= e'``. Two uniform draws per call, in that order.
+    """
+    if max_scale <= 1.0:
+        raise ValueError(f"the NaQ expansion scale must be > 1 (got {max_scale})")
+    centre = (start_index + end_index) / 2.0
+    width = end_index - start_index + 1
+    new_width = width * rng.uniform(1.0, max_scale)
+    if translate:
+        slack = (new_width - width) / 2.0
+        centre += rng.uniform(-slack, slack)
+    start = max(int(np.rint(centre - new_width / 2.0)), 0)
+    end = min(int(np.rint(centre + new_width / 2.0)), num_steps - 1)
+    start = int(np.clip(start, 0, num_steps - 1))
+    end = int(np.clip(end, 0, num_steps - 1))
+    if start > end:  # cannot happen for a valid span (s <= e); kept as the released check
+        raise ValueError(f"expanded span ({start}, {end}) is empty (from ({start_index}, {end_index}))")
+    return start, end
+
+
+def expand_window(window: tuple[float, float], duration: float, max_scale: float,
+                  rng: np.random.Generator) -> tuple[float, float]:
+    """This toolkit's earlier NaQ expansion, on seconds (``naq_expansion_rule=seconds``): width
+    ``w' = w * U(1, max_scale)`` (at most the duration), placed at a random offset so that it
+    still contains ``window`` and stays in ``[0, duration]``. ``window`` must lie in
+    ``[0, duration]``. Targets stay narrower than the released rule's on pooled steps."""
+    start, end = window
+    width = end - start
+    new_width = min(width * rng.uniform(1.0, max_scale), duration)
+    low = max(0.0, end - new_width)  # leftmost start still containing the window
+    high = min(start, duration - new_width)  # rightmost start, window inside the clip
+    new_start = rng.uniform(low, high) if high > low else low
+    return new_start, min(new_start + new_width, duration)
 
 
 # Narrations ---------------------------------------------------------------------------------

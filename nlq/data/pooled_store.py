@@ -30,7 +30,7 @@ import torch
 
 from episodic import distributed
 from episodic.io import atomic_write_json, read_json
-from nlq.data.features import FeatureStore, pool_to_max_len
+from nlq.data.features import POOLING, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,12 @@ class StoreKey:
         return {"settings": self.settings, "clips": self.clips, "files": self.files, "key": self.key}
 
     @classmethod
-    def of(cls, features: FeatureStore, clips: list[ClipArgs], pool_len: int | None) -> "StoreKey":
+    def of(cls, features: FeatureStore, clips: list[ClipArgs], pool_len: int | None,
+           pooling: str = "exact") -> "StoreKey":
         uids = sorted({c[0] if features.per == "clip" else c[1] for c in clips})
         settings = {"format": STORE_FORMAT, "root": str(features.root), "names": features.names,
-                    "rates": features.rates, "per": features.per, "pool_len": pool_len}
+                    "rates": features.rates, "per": features.per, "pool_len": pool_len,
+                    "pooling": pooling}
         return cls(settings=settings, clips=_digest(sorted(map(list, clips))),
                    files=_digest(features.fingerprint_files(uids)))
 
@@ -89,6 +91,7 @@ class PooledStore:
         index = read_json(self.folder / "index.json")
         self.dim = int(index["dim"])
         self.pool_len = index["pool_len"]
+        self.pooling = index.get("pooling", "exact")  # data.preparation whose pooling rule made it
         self.offset = int(index["offset"])  # bytes before row 0 (the .npy header)
         self.rows = {tuple(c[:4]): (int(c[4]), int(c[5]), int(c[6])) for c in index["clips"]}
         self._fd: int | None = None
@@ -127,7 +130,7 @@ class PooledStore:
 
 
 def _write_store(folder: Path, features: FeatureStore, clips: list[ClipArgs], pool_len: int | None,
-                 key: StoreKey, name: str) -> None:
+                 key: StoreKey, name: str, pooling: str = "exact") -> None:
     """Write the store into ``folder`` (a fresh folder): one clip in memory at a time."""
     folder.mkdir(parents=True)
     dim = sum(features.dims)
@@ -144,7 +147,7 @@ def _write_store(folder: Path, features: FeatureStore, clips: list[ClipArgs], po
         for i in order:
             feat = features.clip_features(*clips[i])  # [T, D]
             if pool_len is not None:
-                feat = pool_to_max_len(feat, pool_len)
+                feat = POOLING[pooling](feat, pool_len)
             steps, length = lengths[i]
             if feat.shape[0] != length:  # the file's data disagrees with its header shape
                 raise OSError(f"clip {clips[i][0]}: features changed while the store was built; rebuild")
@@ -154,7 +157,7 @@ def _write_store(folder: Path, features: FeatureStore, clips: list[ClipArgs], po
         f.flush()
         os.fsync(f.fileno())
     atomic_write_json(folder / "manifest.json", {**key.as_dict(), "name": name}, indent=1)
-    atomic_write_json(folder / "index.json", {"dim": dim, "pool_len": pool_len, "offset": offset, "clips": index})
+    atomic_write_json(folder / "index.json", {"dim": dim, "pool_len": pool_len, "pooling": pooling, "offset": offset, "clips": index})
 
 
 def _latest_manifest(store_dir: Path, exclude: str, name: str) -> dict | None:
@@ -165,27 +168,28 @@ def _latest_manifest(store_dir: Path, exclude: str, name: str) -> dict | None:
 
 
 def open_or_build_store(features: FeatureStore, clips: list[ClipArgs], pool_len: int | None,
-                        store_dir: str | os.PathLike, name: str = "") -> PooledStore:
+                        store_dir: str | os.PathLike, name: str = "", pooling: str = "exact") -> PooledStore:
     """The store of ``clips`` under ``store_dir`` for these features and ``pool_len``: reused
     when one with the same key exists, else built (by the main process; the other ranks
-    wait, and build their own only when the folder is not visible from their node)."""
+    wait, and build their own only when the folder is not visible from their node).
+    ``pooling``: the ``data.preparation`` whose pooling rule makes it (:data:`POOLING`)."""
     clips = list(dict.fromkeys(tuple(c) for c in clips))
     store_dir = Path(store_dir)
-    key = StoreKey.of(features, clips, pool_len)
+    key = StoreKey.of(features, clips, pool_len, pooling)
     folder = store_dir / key.key
     label = f"feature store {name + ' ' if name else ''}{folder}"
     if (folder / "index.json").is_file():
         log.info("%s: reusing (%d clips, same feature files, clips and pooling)", label, len(clips))
     elif distributed.is_main_process():
-        _build(features, clips, pool_len, store_dir, key, label, name)
+        _build(features, clips, pool_len, store_dir, key, label, name, pooling)
     distributed.barrier()  # every rank once, whether its node sees the store or not
     if not (folder / "index.json").is_file():  # a node-local store_dir on another node
-        _build(features, clips, pool_len, store_dir, key, label, name)
+        _build(features, clips, pool_len, store_dir, key, label, name, pooling)
     return PooledStore(folder)
 
 
 def _build(features: FeatureStore, clips: list[ClipArgs], pool_len: int | None, store_dir: Path,
-           key: StoreKey, label: str, name: str) -> None:
+           key: StoreKey, label: str, name: str, pooling: str = "exact") -> None:
     store_dir.mkdir(parents=True, exist_ok=True)
     previous = _latest_manifest(store_dir, exclude=key.key, name=name)
     why = "no store yet" if previous is None else f"changed since the last store: {key.why_new(previous)}"
@@ -193,7 +197,7 @@ def _build(features: FeatureStore, clips: list[ClipArgs], pool_len: int | None, 
     tmp = store_dir / f".{key.key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_store(tmp, features, clips, pool_len, key, name)
+        _write_store(tmp, features, clips, pool_len, key, name, pooling)
         try:
             os.replace(tmp, store_dir / key.key)
         except OSError:  # another process finished the same store first

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from episodic import distributed
 from episodic.errors import DataError
+from episodic.io import read_json
 from nlq.data.annotations import NLQAnnotationFile, NLQQuery, load_nlq_annotations
 from nlq.data.augment import AUGMENT_DEFAULTS, build_augmentations
 from nlq.data.dataset import EpochSampler, NLQCollator, NLQDataset, resolve_data_config
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 STAGE_QUERIES = ("nlq", "nlq+naq", "naq")  # stage.queries: NLQ train, NLQ + NaQ file, NaQ queries only
 _SCHEDULE_KEYS = ("batch_size", "lr", "max_epochs")  # per model and stage in the preset
 _MODEL_KEYS = ("weight_decay", "grad_clip")  # per model in the preset
+# optional in the preset (per stage, else per model, else this default): older presets keep their behaviour
+_OPTIONAL_KEYS = {"warmup_fraction": 0.025, "adam_eps": 1e-8, "no_decay": "ndim", "lr_decay": "linear",
+                  "lr_drop_epochs": 0}
 
 
 def _container(cfg: Any) -> dict:
@@ -47,7 +51,9 @@ def resolve_train_config(cfg: Any) -> DictConfig:
     """A copy of the training config with every null derived value filled in.
 
     batch_size, lr, max_epochs: ``schedule[model][stage]``; weight_decay, grad_clip:
-    ``schedule[model]``; schedule_epochs: max_epochs; data.max_len: model.max_len;
+    ``schedule[model]``; warmup_fraction, adam_eps, no_decay, lr_decay, lr_drop_epochs:
+    ``schedule[model][stage]``, else ``schedule[model]``, else the old defaults (0.025, 1e-8,
+    ndim, linear, 0); schedule_epochs: max_epochs; data.max_len: model.max_len;
     data.features.names: data.features.by_model[model]; each null of data.augment:
     ``schedule[model].augment`` (training augmentations, ReLER), else off
     (:data:`~nlq.data.augment.AUGMENT_DEFAULTS`). Checks the stage's needs (init).
@@ -67,6 +73,9 @@ def resolve_train_config(cfg: Any) -> DictConfig:
     for key in _MODEL_KEYS:
         if out[key] is None:
             out[key] = table[key]
+    for key, default in _OPTIONAL_KEYS.items():
+        if out.get(key) is None:
+            out[key] = table[stage].get(key, table.get(key, default))
     if out["schedule_epochs"] is None:
         out["schedule_epochs"] = out["max_epochs"]
     data = out["data"]
@@ -100,12 +109,18 @@ class Schedule:
     weight_decay: float
     grad_clip: float  # 0: off
     warmup_fraction: float
+    adam_eps: float = 1e-8
+    no_decay: str = "ndim"  # nlq.engine.optim.NO_DECAY_RULES
+    lr_decay: str = "linear"  # linear | step
+    lr_drop_epochs: int = 0  # step decay: x0.1 every this many epochs (0: never)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Schedule":
         return cls(batch_size=int(cfg.batch_size), lr=float(cfg.lr), max_epochs=int(cfg.max_epochs),
                    schedule_epochs=int(cfg.schedule_epochs), weight_decay=float(cfg.weight_decay),
-                   grad_clip=float(cfg.grad_clip or 0.0), warmup_fraction=float(cfg.warmup_fraction))
+                   grad_clip=float(cfg.grad_clip or 0.0), warmup_fraction=float(cfg.warmup_fraction),
+                   adam_eps=float(cfg.adam_eps), no_decay=str(cfg.no_decay), lr_decay=str(cfg.lr_decay),
+                   lr_drop_epochs=int(cfg.lr_drop_epochs or 0))
 
 
 # Data --------------------------------------------------------------------------------------
@@ -118,6 +133,8 @@ def data_config(data: Any, splits: Mapping[str, str] | None = None) -> dict:
         "root": data["root"], "annotations_dir": data["annotations_dir"],
         "splits": dict(splits or {}), "train_splits": ["train"], "features": features,
         "max_len": data["max_len"], "naq_expansion": data["naq_expansion"],
+        "naq_expansion_rule": data.get("naq_expansion_rule", "steps"),
+        "naq_translate": data.get("naq_translate", True), "preparation": data.get("preparation", "exact"),
         "min_window_sec": data["min_window_sec"],
         **({"augment": data["augment"]} if data.get("augment") is not None else {})})
 
@@ -182,6 +199,40 @@ def naq_file_report(naq: NLQAnnotationFile, nlq_train: Path) -> dict:
     return report
 
 
+def read_clip_list(path: str | Path) -> set[str]:
+    """A JSON list of clip uids (NaQ's ``--zeroshot_subsample_clips`` / ``--scaling_subsample_clips`` files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"clip list not found: {path}")
+    clips = read_json(path)
+    if not isinstance(clips, list) or not all(isinstance(c, str) for c in clips):
+        raise DataError(f"{path}: a clip list must be a JSON list of clip_uid strings")
+    return set(clips)
+
+
+def subsample_by_clip_lists(queries: list[NLQQuery], nlq_clips: str | None,
+                            naq_clips: str | None) -> tuple[list[NLQQuery], dict]:
+    """NaQ's few-shot / scaling subsets: NLQ queries only of the clips in ``nlq_clips`` and
+    NaQ queries only of the clips in ``naq_clips`` (each a clip-list file; None keeps all).
+    Returns (kept queries, counts per list)."""
+    lists = {kind: read_clip_list(path) for kind, path in (("nlq", nlq_clips), ("naq", naq_clips)) if path}
+    if not lists:
+        return queries, {}
+    kept, counts = [], {kind: {"file": str(path), "clips": len(lists[kind]), "queries": 0, "kept": 0}
+                        for kind, path in (("nlq", nlq_clips), ("naq", naq_clips)) if path}
+    for q in queries:
+        kind = "naq" if is_naq_query(q.query) else "nlq"
+        if kind in lists:
+            counts[kind]["queries"] += 1
+            if q.clip_uid not in lists[kind]:
+                continue
+            counts[kind]["kept"] += 1
+        kept.append(q)
+    for kind, c in counts.items():
+        log.info("%s queries of the clips in %s: %d of %d", kind.upper(), c["file"], c["kept"], c["queries"])
+    return kept, counts
+
+
 @dataclass
 class TrainingData:
     """Datasets of a training run and what was counted while building them."""
@@ -220,6 +271,9 @@ def build_training_data(cfg: Any) -> TrainingData:
         report["naq_file"] = naq_file_report(annotations, Path(resolved["annotations_dir"]) / cfg.data.train_file)
     if queries_kind == "naq":
         queries = [q for q in queries if is_naq_query(q.query)]
+    queries, subsets = subsample_by_clip_lists(queries, cfg.data.get("nlq_clips"), cfg.data.get("naq_clips"))
+    if subsets:
+        report["clip_lists"] = subsets
     queries, missing = drop_missing_features(queries, features)
     report["train"] = {"file": str(train_file), "without_text": textless, "missing_feature_clips": len(missing),
                        "missing_feature_examples": missing[:5]}
@@ -242,7 +296,7 @@ def build_training_data(cfg: Any) -> TrainingData:
         for name, dataset in (("train", train), ("val", val)):
             if len(dataset):
                 dataset.attach_store(open_or_build_store(features, dataset.clip_list(), dataset.store_pool_len(),
-                                                         store_dir, name=name))
+                                                         store_dir, name=name, pooling=dataset.preparation))
                 report[name]["feature_store"] = str(dataset.store.folder)
     return TrainingData(train=train, val=val, val_annotations=val_annotations,
                         train_texts=[q.query for q in queries], report=report)
@@ -252,6 +306,8 @@ def _dataset(queries: list[NLQQuery], features: FeatureStore, resolved: Mapping,
              seed: int | None, name: str) -> NLQDataset:
     return NLQDataset(queries, features, max_len=resolved["max_len"], train=train,
                       naq_expansion=resolved["naq_expansion"], seed=seed,
+                      naq_expansion_rule=resolved["naq_expansion_rule"], naq_translate=resolved["naq_translate"],
+                      preparation=resolved["preparation"],
                       min_window_sec=resolved["min_window_sec"], name=name,
                       augmentations=build_augmentations(resolved["augment"]) if train else None,
                       skip_bad_features=bool(resolved["features"]["skip_bad"]))

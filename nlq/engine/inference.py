@@ -25,7 +25,7 @@ from nlq.data.annotations import NLQAnnotationFile, NLQKey
 from nlq.data.dataset import NLQCollator, NLQDataset
 from nlq.engine.build import build_features, build_nlq_model, checkpoint_model_state, data_config, load_queries
 from nlq.evaluation.plots import plot_timelines
-from nlq.evaluation.scoring import default_annotations_path, score_predictions_file
+from nlq.evaluation.scoring import default_annotations_path, score_options, score_predictions_file
 from nlq.evaluation.submission import build_submission, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
     """(model in eval mode on ``device``, the run's resolved config, the checkpoint dict)."""
     state = checkpoint_model_state(path)
     cfg = OmegaConf.create(state["config"])
+    if cfg.model.name == "vslnet" and "architecture" not in cfg.model:  # saved before architecture existed
+        cfg.model.architecture = "ours"
     model = build_nlq_model(cfg.model, cfg.text_encoder, int(state["video_dim"]), state_dict=state["model"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, state
@@ -141,13 +143,15 @@ def _eval_dataset(run_cfg: DictConfig, data_root: str, annotations: Path,
     if textless:
         log.warning("%s: %d language queries without text (not predicted)", annotations, textless)
     dataset = NLQDataset(queries, features, max_len=resolved["max_len"], train=False, naq_expansion=None,
-                         min_window_sec=resolved["min_window_sec"], name=Path(annotations).stem)
+                         min_window_sec=resolved["min_window_sec"], name=Path(annotations).stem,
+                         preparation=resolved["preparation"])
     return dataset, annotation_file
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: str, output_dir: str | Path,
                         annotations: str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
-                        device: str | None = None, amp: bool | str = True, plot_queries: int = 6) -> dict:
+                        device: str | None = None, amp: bool | str = True, plot_queries: int = 6,
+                        score_options: dict | None = None) -> dict:
     """Run a checkpoint on one split and write its outputs into ``output_dir``.
 
     Annotated splits (windows known, e.g. val): ``predictions.json`` (challenge format),
@@ -169,7 +173,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
     log.info("wrote %d predictions to %s", len(results), path)
     plot_timelines(results, dataset.queries, output_dir / TIMELINE_PLOT, max_queries=plot_queries)
     if annotated:
-        return score_predictions_file(annotations, path, output_dir)
+        return score_predictions_file(annotations, path, output_dir, **(score_options or {}))
     problems = validate_submission(read_json(path), annotation_file)
     if problems:
         raise DataError(f"{path}: invalid submission ({len(problems)} problems): " + "; ".join(problems[:5]))
@@ -184,6 +188,7 @@ def evaluate_checkpoint_from_config(cfg: Any) -> dict:
     output_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).resolve().parent / f"eval_{cfg.split}"
     result = evaluate_checkpoint(cfg.checkpoint, cfg.data.root, cfg.split, output_dir, annotations=cfg.annotations,
                                  batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers),
-                                 device=cfg.device, amp=cfg.amp, plot_queries=int(cfg.plot_queries))
+                                 device=cfg.device, amp=cfg.amp, plot_queries=int(cfg.plot_queries),
+                                 score_options=score_options(cfg))
     atomic_write_text(output_dir / EVAL_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return result

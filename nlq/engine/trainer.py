@@ -170,13 +170,15 @@ def setup_run(cfg: Any, info: distributed.DistInfo) -> Run:
     train_loader, sampler = build_train_loader(data.train, tokenize, settings.batch_size, int(cfg.num_workers),
                                                int(cfg.seed), info)
     schedule = WarmupLinearSchedule.from_fraction(settings.lr, settings.schedule_epochs * len(train_loader),
-                                                  settings.warmup_fraction)
+                                                  settings.warmup_fraction, settings.lr_decay,
+                                                  settings.lr_drop_epochs * len(train_loader))
     train_model = model
     if info.distributed:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
     return Run(cfg=cfg, info=info, data=data, model=model, train_model=train_model,
-               optimizer=build_optimizer(model, settings.lr, settings.weight_decay), schedule=schedule,
+               optimizer=build_optimizer(model, settings.lr, settings.weight_decay, eps=settings.adam_eps,
+                                         no_decay=settings.no_decay), schedule=schedule,
                train_loader=train_loader, sampler=sampler, settings=settings,
                val_loader=build_eval_loader(data.val, tokenize, int(cfg.eval_batch_size), int(cfg.num_workers)))
 

@@ -6,12 +6,19 @@ start); mIoU is the mean IoU of the top-1 window. All are averaged over the SUBM
 predictions that match a GT query (like the official ``evaluate_ego4d_nlq.py``; a
 duplicated prediction counts twice) and reported in percent.
 
+MR@k (the NaQ paper's and the Ego4D 2023 challenge's headline number) is the mean of
+R@k_IoU0.3 and R@k_IoU0.5, reported for every k when both thresholds are scored. Other k
+(e.g. 3) and thresholds (e.g. 0.01) are options. :func:`evaluate_nlq_by_group` scores the
+same predictions per query template or per object set (NaQ's long-tail analysis, see
+:func:`object_set_groups`).
+
 Differences from the official script, which asserts / crashes instead: predictions of
 unknown queries (or queries without a GT window) are skipped with a warning; a window of
 zero union (both windows the same point) has IoU 0, not NaN; no prediction at all gives 0.
 """
 from __future__ import annotations
 
+import string
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -21,6 +28,16 @@ from nlq.data.annotations import NLQAnnotationFile, NLQKey, parse_nlq_annotation
 
 THRESHOLDS = (0.3, 0.5)
 TOPK = (1, 5)
+ALL_THRESHOLDS = (0.01, 0.3, 0.5)  # the options the papers report
+ALL_TOPK = (1, 3, 5)
+MR_THRESHOLDS = (0.3, 0.5)  # MR@k = mean of R@k over these IoU thresholds
+# NaQ's object-related templates: queries whose slot_x names an object (evaluate_ego4d_nlq.py)
+OBJECT_TEMPLATES = (
+    "Objects: How many X’s? (quantity question)", "Objects: In what location did I see object X ?",
+    "Objects: State of an object", "Objects: What X did I Y?", "Objects: What X is Y?",
+    "Objects: What did I put in X?", "Objects: Where is my object X?",
+    "Objects: Where is object X before / after event Y?", "Objects: Where is object X?",
+    "Place: Where did I put X?")
 MAX_EXAMPLES = 5  # queries named in one warning line
 
 
@@ -38,8 +55,11 @@ def window_iou(pred: Any, gt: Any) -> np.ndarray:
 
 
 def metric_names(thresholds: Iterable[float] = THRESHOLDS, topk: Iterable[int] = TOPK) -> list[str]:
-    """``R@{k}_IoU{t}`` for every k then t (``R@1_IoU0.3, R@1_IoU0.5, R@5_IoU0.3, ...``), then mIoU."""
-    return [f"R@{k}_IoU{t:g}" for k in topk for t in thresholds] + ["mIoU"]
+    """``R@{k}_IoU{t}`` for every k then t (``R@1_IoU0.3, R@1_IoU0.5, R@5_IoU0.3, ...``), mIoU,
+    then ``MR@{k}`` for every k when both :data:`MR_THRESHOLDS` are among ``thresholds``."""
+    thresholds, topk = tuple(float(t) for t in thresholds), tuple(int(k) for k in topk)
+    mean = [f"MR@{k}" for k in topk] if all(t in thresholds for t in MR_THRESHOLDS) else []
+    return [f"R@{k}_IoU{t:g}" for k in topk for t in thresholds] + ["mIoU"] + mean
 
 
 def _ground_truth_windows(ground_truth: NLQAnnotationFile | Mapping) -> tuple[dict, dict, int]:
@@ -91,8 +111,8 @@ def evaluate_nlq(predictions: list[dict], ground_truth: NLQAnnotationFile | Mapp
     """Score ``predictions`` (challenge ``results`` entries: clip_uid, annotation_uid,
     query_idx, predicted_times [[s, e], ...] best first) against GT windows.
 
-    Returns ``{"R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU"}`` (percent,
-    for the default thresholds / topk) plus ``num_evaluated`` (predictions scored) and
+    Returns ``{"R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU", "MR@1", "MR@5"}``
+    (percent, for the default thresholds / topk; MR@k when 0.3 and 0.5 are both scored) plus ``num_evaluated`` (predictions scored) and
     ``num_gt`` (language queries in the GT file); with ``return_warnings`` also a list of
     warnings (missing, duplicated, unknown or unscorable predictions).
     """
@@ -126,6 +146,9 @@ def evaluate_nlq(predictions: list[dict], ground_truth: NLQAnnotationFile | Mapp
     metrics = {f"R@{k}_IoU{t:g}": 100.0 * hits[a, b] / denominator
                for a, k in enumerate(topk) for b, t in enumerate(thresholds)}
     metrics["mIoU"] = 100.0 * iou_sum / denominator
+    if all(t in thresholds for t in MR_THRESHOLDS):
+        for k in topk:
+            metrics[f"MR@{k}"] = float(np.mean([metrics[f"R@{k}_IoU{t:g}"] for t in MR_THRESHOLDS]))
     metrics = {name: float(v) for name, v in metrics.items()}
     metrics.update(num_evaluated=evaluated, num_gt=num_gt)
     if not return_warnings:
@@ -148,3 +171,68 @@ def evaluate_nlq(predictions: list[dict], ground_truth: NLQAnnotationFile | Mapp
         warnings.append(_warn("predictions with no window (scored as misses)", empty))
     return metrics, warnings
 
+
+
+# Breakdowns ---------------------------------------------------------------------------------
+def _language_queries(ground_truth: NLQAnnotationFile | Mapping):
+    """(key, language query) of every language query of the file."""
+    if not isinstance(ground_truth, NLQAnnotationFile):
+        ground_truth = parse_nlq_annotations(dict(ground_truth), "<ground truth>")
+    for _, clip in ground_truth.clips():
+        for ann in clip.annotations:
+            for idx, lq in enumerate(ann.language_queries):
+                yield NLQKey(clip.clip_uid, ann.annotation_uid, idx), lq
+
+
+def template_groups(ground_truth: NLQAnnotationFile | Mapping) -> dict[NLQKey, str]:
+    """Query key -> its ``template`` (queries without one are left out)."""
+    return {key: lq.template for key, lq in _language_queries(ground_truth) if lq.template}
+
+
+def normalize_object(name: str) -> str:
+    """NaQ's object-name normalisation: strip, drop punctuation, lower-case."""
+    return name.strip().translate(str.maketrans("", "", string.punctuation)).lower()
+
+
+def object_set_groups(ground_truth: NLQAnnotationFile | Mapping,
+                      object_sets: Mapping[str, Iterable[str]]) -> dict[NLQKey, str]:
+    """Query key -> the name of the first object set holding its object (NaQ's long-tail
+    analysis: e.g. low / mid / high-shot objects by their training frequency).
+
+    Only queries of :data:`OBJECT_TEMPLATES` with a ``slot_x`` count; the object is
+    ``normalize_object(slot_x)`` and so are the sets' names.
+    """
+    sets = {name: {normalize_object(o) for o in objects} for name, objects in object_sets.items()}
+    out = {}
+    for key, lq in _language_queries(ground_truth):
+        slot = lq.extra.get("slot_x")
+        if lq.template not in OBJECT_TEMPLATES or not isinstance(slot, str):
+            continue
+        obj = normalize_object(slot)
+        for name, objects in sets.items():
+            if obj in objects:
+                out[key] = name
+                break
+    return out
+
+
+def evaluate_nlq_by_group(predictions: list[dict], ground_truth: NLQAnnotationFile | Mapping,
+                          groups: Mapping[NLQKey, str], thresholds: Iterable[float] = THRESHOLDS,
+                          topk: Iterable[int] = TOPK) -> dict[str, dict]:
+    """:func:`evaluate_nlq` of the predictions of each group (``groups``: query key -> group
+    name, e.g. :func:`template_groups`); predictions of queries in no group are left out.
+    Returns group -> metrics (``num_evaluated``: that group's scored predictions), groups in
+    order of decreasing size."""
+    if not isinstance(ground_truth, NLQAnnotationFile):
+        ground_truth = parse_nlq_annotations(dict(ground_truth), "<ground truth>")
+    by_group: dict[str, list[dict]] = {}
+    for i, pred in enumerate(predictions):
+        group = groups.get(_prediction_key(pred, i))
+        if group is not None:
+            by_group.setdefault(group, []).append(pred)
+    out = {}
+    for group, preds in sorted(by_group.items(), key=lambda item: -len(item[1])):
+        metrics = evaluate_nlq(preds, ground_truth, thresholds, topk)
+        metrics.pop("num_gt")
+        out[group] = metrics
+    return out

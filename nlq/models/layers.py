@@ -50,19 +50,24 @@ class DepthwiseSeparableConv(nn.Module):
 class ConvBlock(nn.Module):
     """``num_layers`` x (LayerNorm -> depthwise-separable conv -> dropout -> residual).
 
-    Padded steps are zeroed before every convolution. x: [B, T, d], mask: [B, T] -> [B, T, d].
+    With ``mask_input`` padded steps are zeroed before every convolution (ours); the
+    released VSLNet convolves them as they are (``mask_input=False``, LayerNorm eps 1e-6).
+    x: [B, T, d], mask: [B, T] -> [B, T, d].
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, num_layers: int = 4, dropout: float = 0.2):
+    def __init__(self, dim: int, kernel_size: int = 7, num_layers: int = 4, dropout: float = 0.2,
+                 norm_eps: float = 1e-5, mask_input: bool = True):
         super().__init__()
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim, eps=norm_eps) for _ in range(num_layers))
         self.convs = nn.ModuleList(DepthwiseSeparableConv(dim, kernel_size) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
+        self.mask_input = mask_input
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = mask.unsqueeze(-1).to(x.dtype)
+        keep = mask.unsqueeze(-1).to(x.dtype) if self.mask_input else None
         for norm, conv in zip(self.norms, self.convs):
-            x = x + self.dropout(conv(norm(x) * keep))
+            h = norm(x)
+            x = x + self.dropout(conv(h * keep if keep is not None else h))
         return x
 
 
@@ -72,7 +77,7 @@ class MultiHeadAttention(nn.Module):
     query: [B, Lq, d], context: [B, Lk, d], context_mask: [B, Lk] -> [B, Lq, d].
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2):
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2, out_projection: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -80,7 +85,8 @@ class MultiHeadAttention(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        # the released VSLNet has no projection after the heads (out_projection=False)
+        self.out = nn.Linear(dim, dim) if out_projection else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +128,28 @@ class AttentionBlock(nn.Module):
         return x + self.dropout(self.attention(h, context, context_mask))
 
 
+class ReleasedAttentionBlock(nn.Module):
+    """The released VSLNet's attention block (NLQ/VSLNet ``MultiHeadAttentionBlock``).
+
+    ``h = x + dropout(MHA(dropout(LN1(x))))`` with dropout on the attention weights and no
+    projection after the heads, then ``h + dropout(Linear(dropout(LN2(h))))``; LayerNorm eps
+    1e-6. x: [B, T, d], mask: [B, T] -> [B, T, d].
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attention = MultiHeadAttention(dim, num_heads, dropout, out_projection=False)
+        self.out_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(self.norm(x))
+        x = x + self.dropout(self.attention(h, h, mask))
+        return x + self.dropout(self.out(self.dropout(self.out_norm(x))))
+
+
 class FeedForwardBlock(nn.Module):
     """Pre-norm residual feed-forward: x + dropout(MLP(LN(x))). x: [B, T, d] -> [B, T, d].
 
@@ -146,17 +174,27 @@ class FeedForwardBlock(nn.Module):
 class FeatureEncoder(nn.Module):
     """VSLNet's feature encoder: learned position embedding, conv block, one attention block.
 
+    ``released``: the released VSLNet's blocks (:class:`ReleasedAttentionBlock`, LayerNorm eps
+    1e-6; padded steps are still zeroed before each conv, which the release does not do); otherwise ours (:class:`AttentionBlock` with an output
+    projection, then a :class:`FeedForwardBlock`; padded steps zeroed before each conv).
     x: [B, T, d], mask: [B, T] -> [B, T, d] (T <= ``max_len``).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, max_len: int = 128, kernel_size: int = 7,
-                 num_conv_layers: int = 4, dropout: float = 0.2):
+                 num_conv_layers: int = 4, dropout: float = 0.2, released: bool = False):
         super().__init__()
         self.max_len = max_len
         self.position_embedding = nn.Embedding(max_len, dim)
-        self.conv_block = ConvBlock(dim, kernel_size, num_conv_layers, dropout)
-        self.attention = AttentionBlock(dim, num_heads, dropout)
-        self.feed_forward = FeedForwardBlock(dim, 0, dropout)
+        if released:
+            # padded steps are still zeroed before each conv (the release convolves them as they
+            # are, so a clip's outputs depend on its batch); at 128 pooled steps padding is rare
+            self.conv_block = ConvBlock(dim, kernel_size, num_conv_layers, dropout, norm_eps=1e-6)
+            self.attention = ReleasedAttentionBlock(dim, num_heads, dropout)
+            self.feed_forward = nn.Identity()
+        else:
+            self.conv_block = ConvBlock(dim, kernel_size, num_conv_layers, dropout)
+            self.attention = AttentionBlock(dim, num_heads, dropout)
+            self.feed_forward = FeedForwardBlock(dim, 0, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         steps = x.shape[1]
@@ -173,11 +211,14 @@ class ContextQueryAttention(nn.Module):
 
     S_ij = w^T [c_i; q_j; c_i * q_j]; S_r = softmax over the query, S_c = softmax over the
     context; A = S_r Q, B = S_r S_c^T C; output Linear(4d->d)([C; A; C*A; C*B]).
+    ``dropout_scores_only`` (the released VSLNet): dropout only on the inputs of S, A and B
+    use the undropped C and Q; otherwise (ours) C and Q are dropped for everything.
     context: [B, T, d], query: [B, L, d] -> [B, T, d].
     """
 
-    def __init__(self, dim: int, dropout: float = 0.2):
+    def __init__(self, dim: int, dropout: float = 0.2, dropout_scores_only: bool = False):
         super().__init__()
+        self.dropout_scores_only = dropout_scores_only
         self.w_context = nn.Linear(dim, 1, bias=False)
         self.w_query = nn.Linear(dim, 1, bias=False)
         self.w_product = nn.Parameter(torch.empty(1, 1, dim))
@@ -187,9 +228,11 @@ class ContextQueryAttention(nn.Module):
         self.out = nn.Linear(4 * dim, dim)
 
     def forward(self, context, query, context_mask, query_mask):
-        context, query = self.dropout(context), self.dropout(query)
-        scores = (self.w_context(context) + self.w_query(query).transpose(1, 2)
-                  + (context * self.w_product) @ query.transpose(1, 2) + self.bias)  # [B, T, L]
+        c, q = self.dropout(context), self.dropout(query)
+        if not self.dropout_scores_only:
+            context, query = c, q
+        scores = (self.w_context(c) + self.w_query(q).transpose(1, 2)
+                  + (c * self.w_product) @ q.transpose(1, 2) + self.bias)  # [B, T, L]
         s_r = masked_softmax(scores, query_mask[:, None, :], dim=2)  # over query words
         s_c = masked_softmax(scores, context_mask[:, :, None], dim=1)  # over video steps
         a = s_r @ query  # [B, T, d]
@@ -241,11 +284,11 @@ class ConditionedSpanPredictor(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, max_len: int = 128, kernel_size: int = 7,
-                 num_conv_layers: int = 4, dropout: float = 0.2):
+                 num_conv_layers: int = 4, dropout: float = 0.2, released: bool = False):
         super().__init__()
-        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout)
-        self.start_norm = nn.LayerNorm(dim)
-        self.end_norm = nn.LayerNorm(dim)
+        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout, released)
+        self.start_norm = nn.LayerNorm(dim, eps=1e-6 if released else 1e-5)
+        self.end_norm = nn.LayerNorm(dim, eps=1e-6 if released else 1e-5)
         self.start_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
         self.end_head = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
@@ -263,15 +306,17 @@ class VideoQueryFusion(nn.Module):
 
     video: [B, T, video_dim], text: [B, L, text_dim] -> {"video": [B, T, d], "text": [B, L, d]
     (encoded), "fused": [B, T, d] (query-aware video)}.
+    ``released``: the released VSLNet's encoder blocks and context-query dropout, and no
+    dropout before the text projection (its ``query_affine``).
     """
 
     def __init__(self, video_dim: int, text_dim: int, dim: int, num_heads: int = 8, max_len: int = 128,
-                 kernel_size: int = 7, num_conv_layers: int = 4, dropout: float = 0.2):
+                 kernel_size: int = 7, num_conv_layers: int = 4, dropout: float = 0.2, released: bool = False):
         super().__init__()
         self.video_projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(video_dim, dim))
-        self.text_projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(text_dim, dim))
-        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout)
-        self.cq_attention = ContextQueryAttention(dim, dropout)
+        self.text_projection = nn.Sequential(nn.Dropout(0.0 if released else dropout), nn.Linear(text_dim, dim))
+        self.encoder = FeatureEncoder(dim, num_heads, max_len, kernel_size, num_conv_layers, dropout, released)
+        self.cq_attention = ContextQueryAttention(dim, dropout, dropout_scores_only=released)
         self.cq_concat = QueryPooledConcat(dim)
 
     def forward(self, video, video_mask, text, text_mask) -> dict[str, torch.Tensor]:

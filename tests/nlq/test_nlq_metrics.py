@@ -17,7 +17,7 @@ from nlq.evaluation.scoring import score_predictions_file
 from nlq.evaluation.submission import build_submission, read_predictions, validate_submission, write_submission
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ["R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU"]
+KEYS = ["R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU", "MR@1", "MR@5"]
 
 # Four GT queries in one clip and a fifth without text (scored when predicted, never required).
 GT = {"version": "2.0", "videos": [{"video_uid": "v1", "clips": [{
@@ -58,6 +58,12 @@ def test_strict_thresholds_and_topk():
     assert metrics["R@5_IoU0.5"] == pytest.approx(50.0)
     assert metrics["mIoU"] == pytest.approx(100 * (0.5 + 1.0 + 0.0 + 0.3) / 4)
     assert (metrics["num_evaluated"], metrics["num_gt"]) == (4, 5)
+    assert metrics["MR@1"] == pytest.approx(37.5) and metrics["MR@5"] == pytest.approx(62.5)
+    wide = evaluate_nlq(preds, GT, thresholds=(0.01, 0.3, 0.5), topk=(1, 3, 5))
+    assert list(wide) == metric_names((0.01, 0.3, 0.5), (1, 3, 5)) + ["num_evaluated", "num_gt"]
+    assert wide["R@1_IoU0.01"] == pytest.approx(75.0)  # q3's IoU 0.3 counts at 0.01
+    assert wide["R@3_IoU0.5"] == pytest.approx(50.0) and wide["MR@3"] == pytest.approx(62.5)
+    assert "MR@1" not in evaluate_nlq(preds, GT, thresholds=(0.5,))
 
 
 def test_mean_over_submitted_predictions_and_warnings():
@@ -194,6 +200,54 @@ def test_eval_tool_last_line_is_json(tmp_path):
     assert any("GT queries have no prediction" in line for line in lines[:-1])
     assert "INCOMPLETE predictions: 3 of 4 queries answered, 0 duplicates" in proc.stdout
     assert (tmp_path / "out" / "metrics.json").is_file() and (tmp_path / "out" / "eval_nlq_config.yaml").is_file()
+    assert result["MR@1"] == pytest.approx((result["R@1_IoU0.3"] + result["R@1_IoU0.5"]) / 2)
     with pytest.raises(DataError, match="missing.json"):
         score_predictions_file(gt_path, tmp_path / "missing.json", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def _templated_gt():
+    queries = [
+        {"clip_start_sec": 0.0, "clip_end_sec": 10.0, "query": "where did i put the fire gun?",
+         "template": "Place: Where did I put X?", "slot_x": "fire gun "},
+        {"clip_start_sec": 20.0, "clip_end_sec": 30.0, "query": "where is the Knife?",
+         "template": "Objects: Where is object X?", "slot_x": "the Knife!"},
+        {"clip_start_sec": 40.0, "clip_end_sec": 50.0, "query": "who did i talk to?",
+         "template": "People: Who did I interact with when I did activity X?", "slot_x": "talk"},
+        {"clip_start_sec": 60.0, "clip_end_sec": 70.0, "query": "where is the cup?",
+         "template": "Objects: Where is object X?", "slot_x": "cup"}]
+    return {"version": "2.0", "videos": [{"video_uid": "v1", "clips": [{
+        "clip_uid": "c1", "video_start_sec": 0.0, "video_end_sec": 100.0, "clip_start_sec": 0.0,
+        "clip_end_sec": 100.0, "annotations": [{"annotation_uid": "a1", "language_queries": queries}]}]}]}
+
+
+def test_breakdown_per_template_and_object_set():
+    from nlq.evaluation.metrics import evaluate_nlq_by_group, object_set_groups, template_groups
+
+    gt = _templated_gt()
+    preds = [_pred(0, [[0.0, 10.0]] * 5), _pred(1, [FAR] * 5), _pred(2, [[40.0, 50.0]] * 5), _pred(3, [[60.0, 70.0]] * 5)]
+    by_template = evaluate_nlq_by_group(preds, gt, template_groups(gt))
+    assert list(by_template) == ["Objects: Where is object X?", "Place: Where did I put X?",
+                                 "People: Who did I interact with when I did activity X?"]  # largest first
+    objects = by_template["Objects: Where is object X?"]
+    assert objects["num_evaluated"] == 2 and objects["R@1_IoU0.3"] == 50.0 and objects["MR@1"] == 50.0
+    assert by_template["Place: Where did I put X?"]["R@5_IoU0.5"] == 100.0
+    sets = {"low": ["the knife", "fire gun"], "high": ["cup", "talk"]}  # "talk": not an object template
+    groups = object_set_groups(gt, sets)
+    assert sorted((k.query_idx, v) for k, v in groups.items()) == [(0, "low"), (1, "low"), (3, "high")]
+    by_object = evaluate_nlq_by_group(preds, gt, groups)
+    assert by_object["low"]["R@1_IoU0.3"] == 50.0 and by_object["high"]["R@1_IoU0.3"] == 100.0
+
+
+def test_eval_tool_breakdowns_in_metrics_json(tmp_path):
+    gt_path, pred_path, sets = tmp_path / "gt.json", tmp_path / "preds.json", tmp_path / "sets.json"
+    gt_path.write_text(json.dumps(_templated_gt()))
+    sets.write_text(json.dumps({"low": ["cup"]}))
+    write_submission(build_submission([_pred(i, [[60.0, 70.0]] * 5) for i in range(4)]), pred_path)
+    metrics = score_predictions_file(gt_path, pred_path, tmp_path / "out", thresholds=(0.01, 0.3, 0.5),
+                                     topk=(1, 3, 5), breakdown=("template", "object"), object_sets=sets)
+    assert metrics["MR@3"] == 25.0 and "by_template" not in metrics
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["by_object_set"]["low"]["R@1_IoU0.5"] == 100.0 and len(saved["by_template"]) == 3
+    with pytest.raises(DataError, match="object_sets"):
+        score_predictions_file(gt_path, pred_path, tmp_path / "out", breakdown=("object",))

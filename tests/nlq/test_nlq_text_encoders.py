@@ -239,3 +239,56 @@ def test_pretrained_encoder_fine_tuned_trains_and_is_saved(tiny_bert):
     one_training_step(model, encoder)
     assert any(not torch.equal(v, encoder.backbone.state_dict()[k]) for k, v in before.items())
     assert any(k.startswith("text_encoder.backbone") for k in model.state_dict())
+
+
+# CLIP with its real byte-level BPE tokenizer files (vocab.json + merges.txt) ------------------
+BPE_MERGES = ["t h", "th e</w>", "w h", "wh e", "whe r", "wher e</w>", "i s</w>", "c u", "cu p</w>"]
+
+
+@pytest.fixture(scope="module")
+def clip_bpe(tmp_path_factory):
+    """A tiny CLIPModel whose tokenizer is a real CLIPTokenizer built from vocab.json + merges.txt."""
+    import json
+
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("clip_bpe")
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["?"]
+    tokens = ["!"] + letters + [f"{c}</w>" for c in letters]
+    tokens += [m.replace(" ", "") for m in BPE_MERGES] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(BPE_MERGES) + "\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), pad_token="!")
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=32, pad_token_id=vocab["!"],
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"])
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=8)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)).eval()
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory, model, vocab
+
+
+def test_clip_bpe_tokenizer_and_per_token_projection(clip_bpe):
+    directory, reference, vocab = clip_bpe
+    encoder = build_text_encoder({"name": "clip", "model_path": str(directory), "per_token_projection": True,
+                                  "exclude_eot": True})
+    text = encoder.tokenize(["Where is the cup", "the?"])
+    ids = text["input_ids"][0].tolist()
+    # BPE merges applied (where</w>, is</w>, the</w>, cup</w> are single tokens), "?" appended, start / end tokens
+    assert ids == [vocab[t] for t in ["<|startoftext|>", "where</w>", "is</w>", "the</w>", "cup</w>", "?</w>",
+                                      "<|endoftext|>"]]
+    emb, mask = encoder(text)
+    assert encoder.output_dim == 12 and emb.shape == (2, 7, 12)
+    assert mask.sum(1).tolist() == [6, 3]  # start token + words, without end-of-text (ReLER's encode_text)
+    with torch.no_grad():
+        hidden = reference.text_model(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        expected = reference.text_projection(hidden.last_hidden_state)
+    assert torch.allclose(emb, expected, atol=1e-5)
+    plain = build_text_encoder({"name": "clip", "model_path": str(directory)})
+    emb_plain, mask_plain = plain(text)
+    assert plain.output_dim == 16 and torch.allclose(emb_plain, hidden.last_hidden_state, atol=1e-5)
+    assert mask_plain.sum(1).tolist() == [7, 4]

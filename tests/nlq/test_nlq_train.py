@@ -29,7 +29,7 @@ from nlq.evaluation.submission import read_predictions, validate_submission
 REPO = Path(__file__).resolve().parents[2]
 TINY_DATA = dict(n_train_clips=2, n_val_clips=2, n_test_clips=1, n_moments_clips=2, clip_duration=(30.0, 40.0),
                  feature_dim=24, clip_feature_dim=12, queries_per_clip=(6, 8))
-METRIC_KEYS = {"R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU", "num_evaluated", "num_gt"}
+METRIC_KEYS = {"R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5", "mIoU", "MR@1", "MR@5", "num_evaluated", "num_gt"}
 
 
 def train_config(*overrides: str):

@@ -109,15 +109,19 @@ def _nlq_train(num_clips=3, per_clip=4):
 
 def test_fewshot_keeps_every_clip_and_a_fraction_of_queries(tmp_path):
     src = _nlq_train()
-    out, counts = subsample_nlq_train(src, 0.25, seed=0)
-    assert counts == {"queries": 12, "kept": 3, "fraction": 0.25, "seed": 0}
+    by_clip, clip_counts = subsample_nlq_train(src, 0.34, seed=0)  # NaQ: whole clips (1 of 3)
+    assert (clip_counts["unit"], clip_counts["clips"], clip_counts["kept"], clip_counts["kept_queries"]) == ("clip", 3, 1, 4)
+    kept_by_clip = {c["clip_uid"]: len(c["annotations"][0]["language_queries"]) for v in by_clip["videos"] for c in v["clips"]}
+    assert sorted(kept_by_clip.values()) == [0, 0, 4] and clip_counts["kept_clips"] == [k for k, n in kept_by_clip.items() if n]
+    out, counts = subsample_nlq_train(src, 0.25, seed=0, unit="query")
+    assert {k: counts[k] for k in ("queries", "kept", "fraction", "seed")} == {"queries": 12, "kept": 3, "fraction": 0.25, "seed": 0}
     kept = [q["query"] for v in out["videos"] for c in v["clips"] for a in c["annotations"]
             for q in a["language_queries"]]
     assert len(kept) == 3 and all(kept)  # text-less queries dropped
     assert [c["clip_uid"] for v in out["videos"] for c in v["clips"]] == ["c0", "c1", "c2"]
-    assert subsample_nlq_train(src, 0.25, seed=0)[0] == out  # deterministic
+    assert subsample_nlq_train(src, 0.25, seed=0, unit="query")[0] == out  # deterministic
     assert len(src["videos"][0]["clips"][0]["annotations"][0]["language_queries"]) == 5  # input untouched
-    assert subsample_nlq_train(src, 0.01, seed=0)[1]["kept"] == 1
+    assert subsample_nlq_train(src, 0.01, seed=0, unit="query")[1]["kept"] == 1
     with pytest.raises(ValueError):
         subsample_nlq_train(src, 0.0, seed=0)
 
@@ -128,7 +132,8 @@ def test_fewshot_keeps_every_clip_and_a_fraction_of_queries(tmp_path):
     write_fewshot_annotations(ann, tmp_path / "fs", 0.5, seed=1)
     assert (tmp_path / "fs" / "vq_train.json").resolve() == (ann / "vq_train.json").resolve()
     assert not (tmp_path / "fs" / "moments_train.json").exists()
-    assert json.loads((tmp_path / "fs" / "fewshot.json").read_text())["kept"] == 6
+    assert json.loads((tmp_path / "fs" / "fewshot.json").read_text())["kept_queries"] == 8  # 2 of 3 clips x 4
+    assert len(json.loads((tmp_path / "fs" / "fewshot_clips.json").read_text())) == 2
 
 
 def test_background_peak_score_uses_frames_outside_the_track(tmp_path):
