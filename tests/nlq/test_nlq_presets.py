@@ -49,7 +49,7 @@ def test_presets_resolve_to_the_scripts(preset, stage):
         assert (settings.adam_eps, settings.no_decay, settings.weight_decay, settings.lr_decay) == (1e-6, "bias_norm", 0.01, "linear")
     else:
         assert cfg.text_encoder.name == "clip" and cfg.text_encoder.per_token_projection and cfg.text_encoder.exclude_eot
-        assert (cfg.model.hidden_dim, cfg.model.max_len, cfg.model.dropout, cfg.model.num_coattention_layers,
+        assert (cfg.model.hidden_dim, cfg.model.max_len, cfg.model.dropout, cfg.model.num_cross_layers,
                 cfg.model.contrastive_dim) == (256, 600, 0.1, 3, 64)
         assert (settings.no_decay, settings.weight_decay, settings.grad_clip, settings.lr_decay) == ("none", 1e-4, 0.1, "step")
         assert cfg.data.augment.crop_prob == 1.0 and list(cfg.data.augment.crop_ratio) == [0.4, 0.8]

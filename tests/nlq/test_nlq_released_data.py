@@ -86,7 +86,7 @@ def store(tmp_path):
     folder.mkdir()
     torch.save(torch.randn(37, 5, generator=torch.Generator().manual_seed(0)), folder / "c1.pt")
     (folder / "feature_shapes.json").write_text(json.dumps({"c1": 37}))
-    return FeatureStore(tmp_path, ["sf"])
+    return FeatureStore(tmp_path, ["sf"], rate=1.875)
 
 
 def _query(text, window, idx=0):
