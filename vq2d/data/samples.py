@@ -1,4 +1,4 @@
-"""Training samples of the siamese detector from VQ2D queries (DESIGN 5.2).
+"""Training samples of the siamese detector from VQ2D queries (docs/vq2d.md#training-samples).
 
 A :class:`TrainSample` is a lightweight record: which cached frame to detect in, the
 target box on it (``None`` for a negative frame) and the references (visual crops) to

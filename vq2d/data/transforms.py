@@ -1,4 +1,4 @@
-"""Image augmentation of training pairs (DESIGN 5.2), on numpy ``[H, W, 3]`` uint8 RGB images.
+"""Image augmentation of training pairs (docs/vq2d.md#training-samples), on numpy ``[H, W, 3]`` uint8 RGB images.
 
 * Frame: horizontal flip (boxes flipped with it), brightness factor in [0.75, 1.333].
   Multi-scale training (short side 640..800 step 32, long side <= 1333) is done by the
