@@ -24,12 +24,6 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     return mask_logits(logits, mask).softmax(dim=dim)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over steps. x: [B, T, d], mask: [B, T] -> [B, d] (zeros where no step is valid)."""
-    weights = mask.to(x.dtype).unsqueeze(-1)
-    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
 class DepthwiseSeparableConv(nn.Module):
     """Depthwise conv over time (one filter per channel) + pointwise conv + ReLU.
 
@@ -324,26 +318,3 @@ class VideoQueryFusion(nn.Module):
         text = self.encoder(self.text_projection(text), text_mask)
         fused = self.cq_concat(self.cq_attention(video, text, video_mask, text_mask), text, text_mask)
         return {"video": video, "text": text, "fused": fused}
-
-
-class CoAttentionLayer(nn.Module):
-    """One video-text co-attention layer (ReLER's per-chunk cross-modal layer).
-
-    Video self-attention, video->text cross-attention and text->video cross-attention, then
-    a feed-forward block per stream. video: [B, T, d], text: [B, L, d] -> same shapes.
-    """
-
-    def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2, ffn_dim: int = 0):
-        super().__init__()
-        ffn_dim = ffn_dim or 2 * dim
-        self.video_self = AttentionBlock(dim, num_heads, dropout)
-        self.video_to_text = AttentionBlock(dim, num_heads, dropout, cross=True)
-        self.text_to_video = AttentionBlock(dim, num_heads, dropout, cross=True)
-        self.video_ffn = FeedForwardBlock(dim, ffn_dim, dropout)
-        self.text_ffn = FeedForwardBlock(dim, ffn_dim, dropout)
-
-    def forward(self, video, video_mask, text, text_mask):
-        video = self.video_self(video, video_mask)
-        new_video = self.video_to_text(video, video_mask, text, text_mask)
-        new_text = self.text_to_video(text, text_mask, video, video_mask)
-        return self.video_ffn(new_video), self.text_ffn(new_text)
