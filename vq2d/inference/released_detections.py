@@ -58,10 +58,12 @@ def released_path(root: str | os.PathLike, query: VQQuery) -> Path:
 
 
 def released_identity(root: str | os.PathLike) -> str:
-    """A short id of a released detections folder (path and modification time) for the cache
-    fingerprints."""
+    """A short id of a released detections folder for the cache fingerprints: its path and
+    every ``.pt`` file's name, size and modification time (a file rewritten in place changes
+    it, which the folder's own modification time would not)."""
     path = Path(root).resolve()
-    return "released:" + hashlib.sha1(f"{path}|{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.glob("*.pt"))
+    return "released:" + hashlib.sha1(f"{path}|{stamps}".encode()).hexdigest()[:16]
 
 
 def _box(box, path: Path, frame: int) -> list[float]:
