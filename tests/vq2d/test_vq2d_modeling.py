@@ -50,6 +50,23 @@ def test_backbone_output_shapes():
         assert out[key].shape == (2, 64, 128 // stride, -(-160 // stride))
 
 
+def test_narrow_trunk_keeps_torchvision_names_and_shapes():
+    from torchvision.models import resnet18
+
+    narrow = build_resnet_fpn_backbone(depth=18, out_channels=32, width=16, frozen_bn=False)
+    full_names = {k for k in resnet18(weights=None).state_dict() if not k.startswith("fc.")}
+    assert set(narrow.body.state_dict()) == full_names  # same module tree, narrower tensors
+    assert narrow.body.layer4[0].conv1.weight.shape == (128, 64, 3, 3)  # 16 * 2**3 channels
+    out = narrow(torch.rand(2, 3, 96, 128))
+    for key, stride in zip(out, (4, 8, 16, 32, 64)):
+        assert out[key].shape == (2, 32, -(-96 // stride), -(-128 // stride))
+    n_narrow = sum(p.numel() for p in narrow.body.parameters())
+    n_full = sum(p.numel() for p in build_resnet_fpn_backbone(depth=18, out_channels=32).body.parameters())
+    assert n_narrow < n_full / 10  # (16 / 64)**2 of the weights
+    with pytest.raises(ValueError, match="width"):
+        build_resnet_fpn_backbone(depth=18, width=0)
+
+
 def test_stride_in_1x1_moves_the_stride():
     torchvision_style = build_resnet_fpn_backbone(depth=50, out_channels=32)
     detectron2_style = build_resnet_fpn_backbone(depth=50, out_channels=32, stride_in_1x1=True)

@@ -38,6 +38,8 @@ from episodic.io import atomic_torch_save, atomic_write_json, read_json
 from episodic.logging import TensorboardLogger, progress, setup_logging
 from vq2d.engine import build
 from vq2d.evaluation.detection_ap import AP_PARTS, METRICS, FrameDetections, detection_ap, format_detection_ap
+from vq2d.evaluation.detector_diagnostics import (DIAGNOSTICS, FrameProposalScores, detector_diagnostics,
+                                                  format_diagnostics)
 
 logger = logging.getLogger(__name__)
 
@@ -158,26 +160,33 @@ def evaluate_detection(
     show_progress: bool = True,
 ) -> dict | None:
     """Detection AP (vq2d.evaluation.detection_ap) of ``model`` on the frames of ``loader``
-    (each rank its share); the result on the main process, ``None`` on the others."""
+    (each rank its share) and, under "diagnostics", the RPN / head / calibration measures of
+    vq2d.evaluation.detector_diagnostics; the result on the main process, ``None`` on the others."""
     model = unwrap(model)
     was_training = model.training
     model.eval()
     frames: list[FrameDetections] = []
+    diagnosed: list[FrameProposalScores] = []
     for batch in progress(loader, desc="validate", enabled=show_progress and distributed.is_main_process(),
                           leave=False):
         images, crops, targets = batch_to_device(batch, device)
         with _autocast(device, amp_dtype):
-            outputs = model(images, crops)
-        for out, target, meta in zip(outputs, targets, batch["meta"]):
+            outputs, proposals = model.detect_pairs(images, crops)
+        for out, props, target, meta in zip(outputs, proposals, targets, batch["meta"]):
+            gt_boxes = target["boxes"].float().cpu().numpy()
             frames.append(FrameDetections(
-                gt_boxes=target["boxes"].float().cpu().numpy(), boxes=out["boxes"].float().cpu().numpy(),
+                gt_boxes=gt_boxes, boxes=out["boxes"].float().cpu().numpy(),
                 scores=out["scores"].float().cpu().numpy(), name=f"{meta['query']}@{meta['frame_number']}",
                 clean=bool(meta.get("clean", True))))
+            diagnosed.append(FrameProposalScores(gt_boxes=gt_boxes, proposals=props["boxes"].float().cpu().numpy(),
+                                                 scores=props["scores"].float().cpu().numpy()))
     model.train(was_training)
-    gathered = distributed.all_gather_object(frames)
+    gathered = distributed.all_gather_object((frames, diagnosed))
     if not distributed.is_main_process():
         return None
-    return detection_ap([f for part in gathered for f in part])
+    result = detection_ap([f for part in gathered for f in part[0]])
+    result["diagnostics"] = detector_diagnostics([f for part in gathered for f in part[1]])
+    return result
 
 
 # --------------------------------------------------------------------- run helpers
@@ -208,6 +217,9 @@ def _log_detection_ap(tb: TensorboardLogger, result: dict, iteration: int) -> No
     for part in AP_PARTS:
         tb.scalars({f"detection_ap/{part}/{m}": result[part][m] for m in METRICS
                     if math.isfinite(result[part][m])}, iteration)
+    diagnostics = result.get("diagnostics", {})
+    tb.scalars({f"diagnostics/{k}": diagnostics[k] for k in DIAGNOSTICS
+                if k in diagnostics and math.isfinite(diagnostics[k])}, iteration)
     tb.flush()
 
 
@@ -310,7 +322,8 @@ def _validate(model, loader, cfg, device, amp, tb, iteration, output_dir) -> dic
         path = write_detection_ap(output_dir, result, iteration, str(cfg.eval.split))
         _log_detection_ap(tb, result, iteration)
         logger.info("iteration %d: detection AP on %s (%.1f s, %s):\n%s", iteration, cfg.eval.split,
-                    time.perf_counter() - start, path, format_detection_ap(result))
+                    time.perf_counter() - start, path,
+                    format_detection_ap(result) + "\n" + format_diagnostics(result["diagnostics"]))
     return result
 
 

@@ -15,6 +15,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 RESNETS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+# Blocks per stage and block type of each depth (torchvision's ResNet definitions).
+STAGES = {18: ([2, 2, 2, 2], resnet.BasicBlock), 34: ([3, 4, 6, 3], resnet.BasicBlock),
+          50: ([3, 4, 6, 3], resnet.Bottleneck), 101: ([3, 4, 23, 3], resnet.Bottleneck)}
+TORCHVISION_WIDTH = 64  # channels of the stem / layer1 in every torchvision ResNet
 # Name of the P3 map in the FPN output and its stride (the siamese head reads P3 only).
 P3_KEY = "1"
 P3_STRIDE = 8
@@ -50,6 +54,42 @@ def freeze_trunk_layers(trunk: nn.Module, trainable_layers: int) -> None:
             param.requires_grad_(False)
 
 
+class NarrowResNet(nn.Module):
+    """A torchvision-layout ResNet trunk (conv1, bn1, relu, maxpool, layer1..layer4) with
+    ``width`` stem channels instead of 64; stage s has ``width * 2**s`` (x4 for bottlenecks).
+
+    Same module names as torchvision's ``ResNet`` (``fc`` and ``avgpool`` left out: the FPN
+    never reads them), so ``width=64`` state dicts load by name. A narrow trunk costs about
+    ``(width / 64)**2`` of the FLOPs: the from-scratch tiny preset trains several times more
+    iterations per minute on a CPU (docs/vq2d.md#training).
+    """
+
+    def __init__(self, depth: int, width: int, norm_layer: type[nn.Module]):
+        super().__init__()
+        layers, block = STAGES[depth]
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for index, blocks in enumerate(layers):
+            setattr(self, f"layer{index + 1}", self._make_layer(block, width * 2**index, blocks,
+                                                                stride=1 if index == 0 else 2, norm_layer=norm_layer))
+        for m in self.modules():  # torchvision's ResNet init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int, norm_layer) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(resnet.conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       norm_layer(planes * block.expansion))
+        modules = [block(self.inplanes, planes, stride, downsample, norm_layer=norm_layer)]
+        self.inplanes = planes * block.expansion
+        modules += [block(self.inplanes, planes, norm_layer=norm_layer) for _ in range(1, blocks)]
+        return nn.Sequential(*modules)
+
+
 def build_resnet_fpn_backbone(
     *,
     depth: int = 50,
@@ -57,6 +97,7 @@ def build_resnet_fpn_backbone(
     trainable_layers: int = 3,
     stride_in_1x1: bool = False,
     frozen_bn: bool = True,
+    width: int = TORCHVISION_WIDTH,
 ) -> BackboneWithFPN:
     """ResNet-``depth`` + FPN with random init (pretrained weights: vq2d.modeling.weights).
 
@@ -66,13 +107,19 @@ def build_resnet_fpn_backbone(
         trainable_layers: trunk parts left trainable, from the top (see freeze_trunk_layers).
         stride_in_1x1: detectron2-style stride placement (bottleneck ResNets only).
         frozen_bn: FrozenBatchNorm2d (statistics and affine fixed) instead of BatchNorm2d.
+        width: stem channels (64: torchvision's ResNet; less: a narrow trunk, see NarrowResNet).
     Returns:
         module mapping images ``[N, 3, H, W]`` to ``{"0": [N, C, H/4, W/4], ..., "pool": [N, C, H/64, W/64]}``.
     """
     if depth not in RESNETS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
     norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    trunk = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    if width < 1:
+        raise ValueError(f"ResNet width must be positive, got {width}")
+    if width == TORCHVISION_WIDTH:
+        trunk = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    else:
+        trunk = NarrowResNet(depth, width, norm_layer)
     if stride_in_1x1:
         move_stride_to_1x1(trunk)
     freeze_trunk_layers(trunk, trainable_layers)

@@ -26,6 +26,7 @@ PIXEL_STATS = {
 
 DEFAULTS: dict[str, Any] = {
     "depth": 50,
+    "width": 64,
     "fpn_channels": 256,
     "trainable_backbone_layers": 3,
     "stride_in_1x1": False,
@@ -120,6 +121,7 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
         trainable_layers=c["trainable_backbone_layers"],
         stride_in_1x1=c["stride_in_1x1"],
         frozen_bn=c["frozen_bn"],
+        width=c["width"],
     )
     rpn_cfg = dict(c["rpn"])
     rpn = build_rpn(

@@ -221,6 +221,20 @@ class SiamRCNN(nn.Module):
         """Every query ``[Q, hidden]`` on every frame -> ``[frame][query]`` {"boxes", "scores"}."""
         return [self._detect_in_frame(b, e, query_emb) for b, e in zip(frames.boxes, frames.embeddings)]
 
+    def detect_pairs(self, images: list[Tensor], crops: Tensor) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+        """Pair i = (images[i], crops[i]), eval mode. Returns (detections: B dicts {"boxes" ``[k, 4]``,
+        "scores" ``[k]``} after NMS and top-k; proposals: B dicts {"boxes" ``[K, 4]``, "scores"
+        ``[K]``}, every proposal of the frame with its probability for the crop, before NMS),
+        both in input coordinates. The second is what vq2d.evaluation.detector_diagnostics reads."""
+        frames = self.extract_frames(images)
+        query_emb = self.encode_crops(crops)
+        detections, proposals = [], []
+        for i in range(len(images)):
+            detections.append(self._detect_in_frame(frames.boxes[i], frames.embeddings[i], query_emb[i : i + 1])[0])
+            scores = torch.sigmoid(self.score(frames.embeddings[i], query_emb[i : i + 1]))[0]
+            proposals.append({"boxes": frames.boxes[i], "scores": scores})
+        return detections, proposals
+
     # ----------------------------------------------------------------- forward
     def forward(self, images: list[Tensor], crops: Tensor, targets: list[dict] | None = None):
         """images: list of B ``[3, H_i, W_i]`` RGB 0..255; crops ``[B, 3, S, S]`` RGB 0..255;
@@ -232,12 +246,7 @@ class SiamRCNN(nn.Module):
         """
         self._check_pairs(images, crops)
         if not self.training:
-            frames = self.extract_frames(images)
-            query_emb = self.encode_crops(crops)
-            return [
-                self._detect_in_frame(frames.boxes[i], frames.embeddings[i], query_emb[i : i + 1])[0]
-                for i in range(len(images))
-            ]
+            return self.detect_pairs(images, crops)[0]
         if targets is None or len(targets) != len(images):
             raise ValueError("training needs one target dict {'boxes': [n, 4]} per image")
         targets = [{"boxes": t["boxes"].reshape(-1, 4).float()} for t in targets]
