@@ -33,7 +33,7 @@ from episodic.errors import DataError
 from episodic.logging import progress
 
 from vq2d.data.annotations import VQAnnotationFile
-from vq2d.data.crops import make_visual_crop, rotated_visual_crop
+from vq2d.data.crops import CONTEXT_PX, make_visual_crop, rotated_visual_crop
 from vq2d.data.extract import ClipTask, clip_original_sizes, extract_clip
 from vq2d.data.frame_cache import FrameCache
 from vq2d.data.samples import Reference, TrainSample, drop_missing_frames, frames_needed
@@ -59,6 +59,7 @@ class PairMapper:
     Args:
         cache: the JPEG frame cache the frames are read from.
         crop_size: side S of the square visual crop.
+        crop_context: pixels of context around the box in the crop (vq2d.data.crops).
         short_side, max_size: frames are shrunk (never enlarged) to this short / long side.
         augmentation: random flip / brightness / crop rotation; ``None`` for evaluation
             (the visual crop, never an extra reference, and no augmentation).
@@ -68,9 +69,10 @@ class PairMapper:
     """
 
     def __init__(self, *, cache: FrameCache, crop_size: int, short_side: int, max_size: int,
-                 augmentation: PairAugmentation | None = None):
+                 augmentation: PairAugmentation | None = None, crop_context: int = CONTEXT_PX):
         self.cache = cache
         self.crop_size = int(crop_size)
+        self.crop_context = int(crop_context)
         self.short_side = int(short_side)
         self.max_size = int(max_size)
         self.augmentation = augmentation
@@ -82,8 +84,8 @@ class PairMapper:
         image = frame_image if same_frame else self.cache.load(ref.clip_uid, ref.frame_number)
         box = _scaled(ref.box, image, ref.image_size).tolist()
         if angle is not None:
-            return rotated_visual_crop(image, box, angle, size=self.crop_size)
-        return make_visual_crop(image, box, size=self.crop_size)
+            return rotated_visual_crop(image, box, angle, size=self.crop_size, context=self.crop_context)
+        return make_visual_crop(image, box, size=self.crop_size, context=self.crop_context)
 
     def __call__(self, sample: TrainSample, seed: Sequence[int] | int = 0) -> dict[str, Any]:
         rng = np.random.default_rng(seed)

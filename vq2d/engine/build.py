@@ -139,7 +139,7 @@ def build_mapper(cfg, cache_root: Path, train: bool) -> PairMapper:
     the inference scale (the last ``model.min_size``), not augmented."""
     m = resolve_model_config(cfg.model)
     sizes = list(m["min_size"]) if not isinstance(m["min_size"], int) else [m["min_size"]]
-    return PairMapper(cache=FrameCache(cache_root), crop_size=m["crop_size"],
+    return PairMapper(cache=FrameCache(cache_root), crop_size=m["crop_size"], crop_context=m["crop_context"],
                       short_side=max(sizes) if train else sizes[-1], max_size=m["max_size"],
                       augmentation=build_augmentation(cfg) if train else None)
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from episodic.errors import DataError
 from episodic.io import atomic_open
 from vq2d.data.annotations import VQQuery
-from vq2d.data.crops import make_visual_crop
+from vq2d.data.crops import CONTEXT_PX, make_visual_crop
 from vq2d.inference.frame_source import ClipFrames
 from vq2d.modeling.siamrcnn import FrameProposals, SiamRCNN
 
@@ -178,7 +178,8 @@ class DetectionPass:
     def _crop_tensor(self, query: VQQuery, image: np.ndarray) -> Tensor:
         """The query's visual crop ``[3, S, S]`` float 0..255 (docs/vq2d.md#visual-crop)."""
         try:
-            crop = make_visual_crop(image, query.visual_crop.xyxy, size=self.model.crop_size)
+            crop = make_visual_crop(image, query.visual_crop.xyxy, size=self.model.crop_size,
+                                    context=getattr(self.model, "crop_context", CONTEXT_PX))
         except DataError as e:
             raise DataError(f"query {query.name}: bad visual crop on frame "
                             f"{query.visual_crop.frame_number}: {e}") from None

@@ -64,6 +64,9 @@ class SiamRCNN(nn.Module):
         hard_negatives_as_released: mine as the released detectron2 code does (see
             ``vq2d.modeling.proposal_sampling.mine_hard_negatives``).
         crop_size: side S of the square visual crops.
+        crop_context: pixels of context around the box in the visual crop (of the source frame;
+            16 in the originals, docs/vq2d.md#visual-crop); kept with the model so training
+            and inference cut the same crops.
         roi_sampling_ratio, roi_aligned: RoIAlign options (0 and True = detectron2's ROIAlignV2).
         detections_per_frame, nms_thresh, score_thresh: inference post-processing (class-agnostic
             NMS, then top-k; a detection needs probability > score_thresh).
@@ -92,6 +95,7 @@ class SiamRCNN(nn.Module):
         hard_negatives_per_query: int | None = 64,
         hard_negatives_as_released: bool = False,
         crop_size: int = 256,
+        crop_context: int = 16,
         roi_sampling_ratio: int = 0,
         roi_aligned: bool = True,
         detections_per_frame: int = 10,
@@ -122,6 +126,7 @@ class SiamRCNN(nn.Module):
         self.hard_negatives_per_query = hard_negatives_per_query
         self.hard_negatives_as_released = hard_negatives_as_released
         self.crop_size = crop_size
+        self.crop_context = int(crop_context)
         self.roi_sampling_ratio = roi_sampling_ratio
         self.roi_aligned = roi_aligned
         self.detections_per_frame = detections_per_frame
