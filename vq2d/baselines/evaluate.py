@@ -85,10 +85,11 @@ def answer_clip(queries: Sequence[VQQuery], frames: ClipFrames, matcher: Templat
         result = matcher.answer(scores[q.name], boxes[q.name])
         timings = {"read": shares[q.name]["read"], "detection": match_s[q.name],
                    "peaks": time.perf_counter() - start, "tracking": 0.0}
+        found = result.peak_frame is not None  # False: query frame 0, nothing searched
         outcomes.append(QueryOutcome.for_query(
             q, track=result.track, score=result.score, peak_frame=result.peak_frame,
-            peak_score=None if result.peak_frame is None else result.score, num_peaks=int(result.peak_frame is not None),
-            fallback=result.peak_frame is None, frames_accessed=q.query_frame, timings=timings))
+            peak_score=result.score if found else None, num_peaks=int(found), fallback=not found,
+            frames_accessed=q.query_frame, timings=timings))
     return outcomes
 
 
