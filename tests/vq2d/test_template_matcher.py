@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -126,6 +127,20 @@ def test_answer_clip_searches_every_frame_before_each_query_frame(data):
         assert track_frames == list(range(track_frames[0], track_frames[-1] + 1))  # contiguous
         assert 0 <= track_frames[0] <= o.peak_frame <= track_frames[-1] < q.query_frame
         assert -1.0 <= o.score <= 1.0 and o.score == o.peak_score
+
+
+def test_a_bad_query_fails_alone_and_the_others_of_its_clip_are_answered(data):
+    annotations = load_vq_annotations(data / "v2/annotations/vq_val.json")
+    clip_uid, queries = max(queries_by_clip(annotations.queries()).items(), key=lambda kv: len(kv[1]))
+    with ClipFrames(clip_uid, data / f"v2/clips/{clip_uid}.mp4", original_size=original_size_of(queries)) as frames:
+        num_frames = frames.num_frames
+        past_end = replace(queries[0], query=replace(queries[0].query, query_frame=num_frames + 5))
+        outside = replace(queries[1], query=replace(queries[1].query, visual_crop=replace(
+            queries[1].visual_crop, x=500.0, y=400.0)))
+        outcomes = answer_clip([past_end, outside, *queries[2:]], frames, TemplateMatcher())
+    assert "past the end" in outcomes[0].error and outcomes[0].track == []
+    assert "bad visual crop" in outcomes[1].error and "outside" in outcomes[1].error and outcomes[1].track == []
+    assert len(outcomes) >= 3 and all(o.error is None and o.track for o in outcomes[2:])
 
 
 def test_split_is_scored_as_eval_vq2d_scores_its_predictions_file(data, tmp_path):
