@@ -134,13 +134,15 @@ def test_a_bad_query_fails_alone_and_the_others_of_its_clip_are_answered(data):
     clip_uid, queries = max(queries_by_clip(annotations.queries()).items(), key=lambda kv: len(kv[1]))
     with ClipFrames(clip_uid, data / f"v2/clips/{clip_uid}.mp4", original_size=original_size_of(queries)) as frames:
         num_frames = frames.num_frames
-        past_end = replace(queries[0], query=replace(queries[0].query, query_frame=num_frames + 5))
-        outside = replace(queries[1], query=replace(queries[1].query, visual_crop=replace(
-            queries[1].visual_crop, x=500.0, y=400.0)))
-        outcomes = answer_clip([past_end, outside, *queries[2:]], frames, TemplateMatcher())
+        q = queries[0]  # two broken copies of it (other annotation indices: other names)
+        past_end = replace(q, annotation_index=90, query=replace(q.query, query_frame=num_frames + 5))
+        outside = replace(q, annotation_index=91, query=replace(q.query, visual_crop=replace(
+            q.visual_crop, x=500.0, y=400.0)))
+        outcomes = answer_clip([past_end, outside, *queries], frames, TemplateMatcher())
     assert "past the end" in outcomes[0].error and outcomes[0].track == []
     assert "bad visual crop" in outcomes[1].error and "outside" in outcomes[1].error and outcomes[1].track == []
-    assert len(outcomes) >= 3 and all(o.error is None and o.track for o in outcomes[2:])
+    assert [o.name for o in outcomes[2:]] == [q.name for q in queries]
+    assert all(o.error is None and o.track for o in outcomes[2:])
 
 
 def test_split_is_scored_as_eval_vq2d_scores_its_predictions_file(data, tmp_path):
