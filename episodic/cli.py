@@ -74,9 +74,8 @@ def finish(result: Mapping, allow_failures: bool = False) -> None:
 # The evaluation tools ---------------------------------------------------------------------------
 def run_one_mode(cfg: DictConfig, modes: Mapping[str, Callable[[DictConfig], dict]],
                  format_metrics: Callable[[dict], list[str]], what_failed: str = "queries") -> dict:
-    """Run the mode whose config key is set (exactly one of ``modes``' keys must be), print
-    the metrics (``format_metrics`` gets them without the failure keys), the failed items,
-    then the JSON line; exit 3 when items failed (see the module docstring).
+    """Run the mode whose config key is set (exactly one of ``modes``' keys must be), then
+    :func:`report_metrics`.
 
     A DataError (bad input: a missing file, a malformed annotation) ends the tool with its
     message and a non-zero exit, without a traceback."""
@@ -88,10 +87,18 @@ def run_one_mode(cfg: DictConfig, modes: Mapping[str, Callable[[DictConfig], dic
         metrics: dict[str, Any] = modes[given[0]](cfg)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
+    return report_metrics(metrics, format_metrics, what_failed, bool(cfg.get("allow_failures", False)))
+
+
+def report_metrics(metrics: dict, format_metrics: Callable[[dict], list[str]], what_failed: str = "queries",
+                   allow_failures: bool = False) -> dict:
+    """Print the metrics of an evaluation (``format_metrics`` gets them without the failure
+    keys), the failed items, then the JSON line; exit 3 when items failed (see the module
+    docstring). Returns ``metrics``."""
     shown = {k: v for k, v in metrics.items() if k not in ("num_failed", "failed")}
     print("\n".join(format_metrics(shown) + failure_lines(metrics, what_failed)))
     print(json.dumps(metrics), flush=True)
-    finish(metrics, bool(cfg.get("allow_failures", False)))
+    finish(metrics, allow_failures)
     return metrics
 
 

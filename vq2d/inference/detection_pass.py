@@ -31,7 +31,7 @@ from episodic.errors import DataError
 from episodic.io import atomic_open
 from vq2d.data.annotations import VQQuery
 from vq2d.data.crops import CONTEXT_PX, make_visual_crop
-from vq2d.inference.frame_source import ClipFrames
+from vq2d.inference.frame_source import ClipFrames, frames_past_the_end, search_window
 from vq2d.modeling.siamrcnn import FrameProposals, SiamRCNN
 
 MODES = ("batched", "per_query")
@@ -128,14 +128,6 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _search_window(frames: ClipFrames, count: int, known: Mapping[int, np.ndarray]
-                   ) -> Iterator[tuple[int, np.ndarray]]:
-    """Frames ``0 .. count-1`` in order; those in ``known`` (already decoded) are not read again."""
-    rest = frames.iter_frames([t for t in range(count) if t not in known])
-    for t in range(count):
-        yield (t, known[t]) if t in known else next(rest)
-
-
 class DetectionPass:
     """Runs a SiamRCNN over the search windows of a clip's queries.
 
@@ -205,18 +197,8 @@ class DetectionPass:
         be made or whose query frame lies past the end of the clip gets an error and no
         detections. A failure of the clip itself (unreadable file, a frame that does not
         decode) raises DataError. ``progress``: optional callable(frames done)."""
-        errors: dict[str, str] = {}
-        num_frames = frames.num_frames
-        runnable = []
-        for q in queries:
-            if num_frames is not None and q.query_frame > num_frames:
-                errors[q.name] = (f"query frame {q.query_frame} is past the end of clip {q.clip_uid} "
-                                  f"({num_frames} frames)")
-            elif num_frames is not None and q.visual_crop.frame_number >= num_frames:
-                errors[q.name] = (f"visual crop frame {q.visual_crop.frame_number} is past the end of clip "
-                                  f"{q.clip_uid} ({num_frames} frames)")
-            else:
-                runnable.append(q)
+        errors = frames_past_the_end(queries, frames.num_frames)
+        runnable = [q for q in queries if q.name not in errors]
         run = self._run_batched if self.mode == "batched" else self._run_per_query
         detections = run(frames, runnable, errors, progress)
         return detections, errors
@@ -237,7 +219,7 @@ class DetectionPass:
         query_emb = self.model.encode_crops(torch.stack(crops))  # [Q, hidden], each crop once
         query_frames = torch.tensor([q.query_frame for q in ready], device=self.device)
         window = max(q.query_frame for q in ready)
-        for batch in _batches(_search_window(frames, window, crop_images), self.frames_per_batch):
+        for batch in _batches(search_window(frames, window, crop_images), self.frames_per_batch):
             indices = [t for t, _ in batch]
             tensors, scales = self._frames_to_tensors([img for _, img in batch])
             proposals = self.model.extract_frames(tensors)  # backbone + FPN + RPN once per frame

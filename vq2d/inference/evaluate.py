@@ -41,6 +41,26 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_data_paths(cfg: Any, need_frames: bool = True) -> dict:
+    """``{"annotations", "clips_dir", "cache_root"}``: absolute paths from the config keys
+    ``annotations``, ``split`` and ``data`` (root, clips_dir, cache_root; see
+    configs/vq2d/eval.yaml); ``cache_root`` is None when there is no frame cache. DataError
+    when a given cache folder is missing or, with ``need_frames``, when there is neither a
+    clip folder nor a frame cache."""
+    root = Path(cfg.data.root)
+    if cfg.data.cache_root is not None and not Path(cfg.data.cache_root).is_dir():
+        raise DataError(f"{cfg.data.cache_root}: frame cache folder (data.cache_root) not found")
+    cache_root = Path(cfg.data.cache_root if cfg.data.cache_root is not None else root / "frame_cache")
+    clips_dir = Path(cfg.data.clips_dir or root / "v2" / "clips")
+    if need_frames and not clips_dir.is_dir() and not cache_root.is_dir():
+        raise DataError(f"{clips_dir}: clip folder not found (and no frame cache at {cache_root})")
+    return {
+        "annotations": str(Path(cfg.annotations or default_annotations_path(root, cfg.split)).resolve()),
+        "clips_dir": str(clips_dir.resolve()),
+        "cache_root": str(cache_root.resolve()) if cache_root.is_dir() else None,
+    }
+
+
 def resolve_settings(cfg: Any) -> dict:
     """The plain settings dict every worker gets: the config with every derived value
     (absolute paths, defaults that depend on the machine or the launcher) filled in."""
@@ -60,7 +80,6 @@ def resolve_settings(cfg: Any) -> dict:
     max_clips = cfg.get("max_clips")
     if max_clips is not None and int(max_clips) < 1:
         raise DataError(f"max_clips must be >= 1 (or null for all), got {max_clips}")
-    root = Path(cfg.data.root)
     launcher = to_container(cfg.launcher)
     workers = int(cfg.workers)
     if workers < 1:
@@ -72,16 +91,8 @@ def resolve_settings(cfg: Any) -> dict:
     if threads is None:
         threads = (launcher.get("cpus_per_task") or 1) if launcher["executor"] == "slurm" else \
             max(1, (os.cpu_count() or 1) // workers)
-    if cfg.data.cache_root is not None and not Path(cfg.data.cache_root).is_dir():
-        raise DataError(f"{cfg.data.cache_root}: frame cache folder (data.cache_root) not found")
-    cache_root = Path(cfg.data.cache_root if cfg.data.cache_root is not None else root / "frame_cache")
-    clips_dir = Path(cfg.data.clips_dir or root / "v2" / "clips")
-    if released is None and not clips_dir.is_dir() and not cache_root.is_dir():
-        raise DataError(f"{clips_dir}: clip folder not found (and no frame cache at {cache_root})")
     settings = {
-        "annotations": str(Path(cfg.annotations or default_annotations_path(root, cfg.split)).resolve()),
-        "clips_dir": str(clips_dir.resolve()),
-        "cache_root": str(cache_root.resolve()) if cache_root.is_dir() else None,
+        **resolve_data_paths(cfg, need_frames=released is None),
         "output_dir": str(Path(cfg.output_dir).resolve()),
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "checkpoint_id": checkpoint_id,
@@ -113,20 +124,28 @@ def first_clips(annotations: VQAnnotationFile, n: int) -> VQAnnotationFile:
     return replace(annotations, videos=[v for v in videos if v.clips])
 
 
+def load_split(path: str | os.PathLike, max_clips: int | None = None) -> VQAnnotationFile:
+    """The annotation file at ``path``, loaded leniently (each malformed query set skipped
+    with a warning), cut to its first ``max_clips`` clips when given. DataError when no
+    valid query is left."""
+    annotations = load_vq_annotations(path, strict=False)
+    for problem in annotations.problems:
+        logger.warning("skipping a malformed query set: %s", problem)
+    if max_clips is not None:
+        annotations = first_clips(annotations, max_clips)
+    if not annotations.queries():
+        raise DataError(f"{path}: no valid query set to answer")
+    return annotations
+
+
 def evaluate_checkpoint(cfg: Any) -> dict:
     """Run the whole checkpoint mode (see module docstring); returns the metrics."""
     settings = resolve_settings(cfg)
     out = Path(settings["output_dir"])
     setup_logging(out)
     save_config(cfg, out, name=CONFIG_FILE)
-    annotations = load_vq_annotations(settings["annotations"], strict=False)
-    for problem in annotations.problems:
-        logger.warning("skipping a malformed query set: %s", problem)
-    if settings["max_clips"] is not None:
-        annotations = first_clips(annotations, settings["max_clips"])
+    annotations = load_split(settings["annotations"], settings["max_clips"])
     queries = annotations.queries()
-    if not queries:
-        raise DataError(f"{settings['annotations']}: no valid query set to answer")
     if settings["detections"] is not None:
         found = check_released_folder(settings["detections"], queries)
         logger.info("%s: released detections for %d of %d queries", settings["detections"], found, len(queries))

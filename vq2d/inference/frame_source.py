@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -32,6 +32,19 @@ def original_size_of(queries: Sequence[VQQuery]) -> tuple[int, int] | None:
             if box.original_width and box.original_height:
                 return int(box.original_width), int(box.original_height)
     return None
+
+
+def frames_past_the_end(queries: Sequence[VQQuery], num_frames: int | None) -> dict[str, str]:
+    """Query name -> error for the queries of a clip of ``num_frames`` frames (None: unknown,
+    no query is flagged) whose query frame or visual-crop frame lies past its end."""
+    errors = {}
+    for q in queries:
+        if num_frames is not None and q.query_frame > num_frames:
+            errors[q.name] = f"query frame {q.query_frame} is past the end of clip {q.clip_uid} ({num_frames} frames)"
+        elif num_frames is not None and q.visual_crop.frame_number >= num_frames:
+            errors[q.name] = (f"visual crop frame {q.visual_crop.frame_number} is past the end of clip "
+                              f"{q.clip_uid} ({num_frames} frames)")
+    return errors
 
 
 class ClipFrames:
@@ -126,3 +139,12 @@ class ClipFrames:
             images = self.read(chunk)
             for i in chunk:
                 yield i, images[i]
+
+
+def search_window(frames: ClipFrames, count: int, known: Mapping[int, np.ndarray]
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames ``0 .. count-1`` of ``frames`` in order; those in ``known`` (already decoded,
+    index -> image) are not read again."""
+    rest = frames.iter_frames([t for t in range(count) if t not in known])
+    for t in range(count):
+        yield (t, known[t]) if t in known else next(rest)

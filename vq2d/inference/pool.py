@@ -131,7 +131,7 @@ def clip_frames(settings: Mapping, clip_uid: str, queries: Sequence[VQQuery]) ->
     cache = FrameCache(settings["cache_root"]) if settings.get("cache_root") else None
     return ClipFrames(clip_uid, Path(settings["clips_dir"]) / f"{clip_uid}.mp4", clip_fps=queries[0].clip_fps,
                       original_size=original_size_of(queries), cache=cache,
-                      decode_threads=settings["detection"].get("decode_threads", 0))
+                      decode_threads=(settings.get("detection") or {}).get("decode_threads", 0))
 
 
 def run_shard(task: Mapping[str, Any]) -> dict:
