@@ -21,8 +21,9 @@ from recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, result
 from recipes.steps import StepRunner
 
 
-def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
-    """Train, evaluate on val, write + validate the test submission; returns M."""
+def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> tuple[dict, dict]:
+    """Train, evaluate on val, write + validate the test submission; the template-matcher
+    baseline on val. Returns (M of the detector, the baseline's metrics)."""
     settings = vq2d_runs.DetectorSettings.from_config(cfg.vq2d)
     train_dir = out / "vq2d" / "train"
     checkpoint = vq2d_runs.train_detector(runner, "vq2d_train", settings, data_root=root, output_dir=train_dir,
@@ -39,7 +40,11 @@ def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: 
                                   depends=["vq2d_eval_test"])
     vq2d_runs.pick_pictures(val_dir, out / PICTURES_DIR, "vq2d",
                             vq2d_runs.choose_curves([val_dir], int(cfg.pictures.curves)))
-    return vq2d_runs.detector_metrics(train_dir, val_dir, vq2d_runs.annotations_path(root, "val"))
+    baseline = vq2d_runs.template_match(runner, "vq2d_template_match", data_root=root, split="val",
+                                        output_dir=out / "vq2d" / "template_match", workers=int(cfg.vq2d.workers),
+                                        depends=[data_step])
+    return (vq2d_runs.detector_metrics(train_dir, val_dir, vq2d_runs.annotations_path(root, "val")),
+            read_json(baseline / vq2d_runs.METRICS_FILE))
 
 
 def run_nlq(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
@@ -69,9 +74,9 @@ def run_demo(cfg: Any) -> dict:
     """Run the demo recipe (module docstring) as ``cfg`` (configs/demo.yaml) says; returns
     ``{"vq2d": M, "nlq": R, "seconds": total}`` (also written to OUT/results.json)."""
     run = RecipeRun.begin("demo", cfg)
-    vq2d = run_vq2d(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
+    vq2d, baseline = run_vq2d(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
     nlq = run_nlq(run.runner, cfg, root=run.root, out=run.out, data_step=run.data_step)
-    results = run.finish(vq2d, nlq)
+    results = run.finish(vq2d, nlq, vq2d_template_matcher=baseline)
     write_demo_report(cfg, run.out, results, run.runner.timings(), read_json(run.out / DATA_SUMMARY))
     return results
 
@@ -80,7 +85,9 @@ def write_demo_report(cfg: Any, out: Path, results: dict, timings: list, data_su
     """The bar chart, the results table on stdout and OUT/README.md."""
     from recipes.synthetic import format_summary
 
-    runs_vq2d, runs_nlq = {"demo (negatives)": results["vq2d"]}, {"demo (NLQ + NaQ, 2 stages)": results["nlq"]}
+    runs_vq2d = {"demo (negatives)": results["vq2d"],
+                 "template matcher (no training)": results["vq2d_template_matcher"]}
+    runs_nlq = {"demo (NLQ + NaQ, 2 stages)": results["nlq"]}
     chart = bar_chart(out / PICTURES_DIR / "metrics.png", [*vq2d_panels(runs_vq2d), *nlq_panels(runs_nlq)],
                       "make demo: headline metrics on the synthetic val split")
     tables = results_tables(runs_vq2d, runs_nlq)
@@ -110,6 +117,8 @@ def write_demo_report(cfg: Any, out: Path, results: dict, timings: list, data_su
         f"6. `tools/train_nlq.py` {cfg.nlq.model} ({cfg.nlq.preset} preset), stage joint (NLQ + NaQ) then stage "
         f"finetune (NLQ), epochs {dict(cfg.nlq.epochs)} -> `nlq/joint/`, `nlq/finetune/`",
         "7. `tools/eval_nlq.py` on val -> `nlq/eval_val/`; on test_unannotated -> `nlq_submission.json` (validated)",
+        "8. `tools/template_match_vq2d.py` on val -> `vq2d/template_match/`: the training-free baseline "
+        "(OpenCV template matching) the detector should beat",
         "",
         f"Total wall time: {results['seconds']:.0f} s. Numbers of a tiny model trained for minutes on "
         "synthetic data: they show the pipeline works end to end, not the methods' real accuracy.",

@@ -40,10 +40,10 @@ class RecipeRun:
         publish(root / SUMMARY_FILE, out / DATA_SUMMARY)
         return cls(root, out, runner, data_step, start)
 
-    def finish(self, vq2d: Any, nlq: Any) -> dict:
-        """Write and return ``{"vq2d": vq2d, "nlq": nlq, "seconds": total}`` (OUT/results.json)
-        and the step timings (OUT/timings.json)."""
-        results = {"vq2d": vq2d, "nlq": nlq, "seconds": round(time.perf_counter() - self.start, 1)}
+    def finish(self, vq2d: Any, nlq: Any, **extra: Any) -> dict:
+        """Write and return ``{"vq2d": vq2d, "nlq": nlq, **extra, "seconds": total}``
+        (OUT/results.json) and the step timings (OUT/timings.json)."""
+        results = {"vq2d": vq2d, "nlq": nlq, **extra, "seconds": round(time.perf_counter() - self.start, 1)}
         atomic_write_json(self.out / RESULTS_FILE, results, indent=2)
         atomic_write_json(self.out / TIMINGS_FILE, self.runner.timings(), indent=1)
         return results

@@ -68,6 +68,16 @@ def evaluate_detector(runner: StepRunner, name: str, settings: DetectorSettings,
     return output_dir
 
 
+def template_match(runner: StepRunner, name: str, *, data_root: Path, split: str, output_dir: Path, workers: int,
+                   depends: Sequence[str] = ()) -> Path:
+    """Step ``name``: tools/template_match_vq2d.py, the training-free baseline
+    (docs/vq2d.md#template-matcher-baseline), on ``split``; returns ``output_dir``."""
+    args = [f"data.root={data_root}", f"split={split}", f"output_dir={output_dir}", f"workers={workers}"]
+    runner.tool(name, "template_match_vq2d.py", args, outputs=[output_dir / METRICS_FILE], depends=depends,
+                clean=output_dir, watch=CONFIGS)
+    return output_dir
+
+
 def validate_submission(runner: StepRunner, name: str, *, annotations: Path, submission: Path,
                         depends: Sequence[str] = ()) -> None:
     """Step ``name``: tools/validate_submission.py (fails the recipe when the file is invalid)."""

@@ -33,8 +33,11 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert "R@1_IoU0.3" in proc.stdout and "ap_posneg" in proc.stdout  # the results table
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"vq2d", "nlq", "seconds"}
-    assert VQ2D_KEYS <= set(results["vq2d"]) and NLQ_KEYS <= set(results["nlq"])
+    assert set(results) == {"vq2d", "nlq", "vq2d_template_matcher", "seconds"}
+    assert VQ2D_KEYS | {"ap50_pos"} <= set(results["vq2d"]) and NLQ_KEYS <= set(results["nlq"])
+    baseline = results["vq2d_template_matcher"]  # the training-free baseline on the same val split
+    assert baseline["num_queries"] == results["vq2d"]["num_queries"] and 0.0 <= baseline["success"] <= 100.0
+    assert "template matcher (no training)" in proc.stdout
     assert results["seconds"] > 0
     assert results["vq2d"]["num_queries"] >= 1 and results["nlq"]["num_evaluated"] >= 1
     assert 0.0 <= results["vq2d"]["ap_posneg"] <= 100.0

@@ -90,6 +90,28 @@ class NarrowResNet(nn.Module):
         return nn.Sequential(*modules)
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` built as ``norm_layer(num_channels)``, with ``groups`` groups (fewer
+    when the channels do not divide: the largest divisor of the channels below ``groups``)."""
+
+    groups = 8
+
+    def __init__(self, num_channels: int):
+        groups = max(g for g in range(1, self.groups + 1) if num_channels % g == 0)
+        super().__init__(groups, num_channels)
+
+
+def norm_layer_of(frozen_bn: bool, group_norm: int) -> type[nn.Module]:
+    """The trunk's normalisation: GroupNorm with ``group_norm`` groups when > 0 (statistics of
+    each image alone: the same in training and inference, and for crops and frames), else
+    FrozenBatchNorm2d or BatchNorm2d."""
+    if group_norm < 0:
+        raise ValueError(f"group_norm must be >= 0, got {group_norm}")
+    if group_norm:
+        return type(f"GroupNorm{group_norm}", (GroupNorm,), {"groups": int(group_norm)})
+    return FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+
+
 def build_resnet_fpn_backbone(
     *,
     depth: int = 50,
@@ -98,6 +120,7 @@ def build_resnet_fpn_backbone(
     stride_in_1x1: bool = False,
     frozen_bn: bool = True,
     width: int = TORCHVISION_WIDTH,
+    group_norm: int = 0,
 ) -> BackboneWithFPN:
     """ResNet-``depth`` + FPN with random init (pretrained weights: vq2d.modeling.weights).
 
@@ -108,12 +131,13 @@ def build_resnet_fpn_backbone(
         stride_in_1x1: detectron2-style stride placement (bottleneck ResNets only).
         frozen_bn: FrozenBatchNorm2d (statistics and affine fixed) instead of BatchNorm2d.
         width: stem channels (64: torchvision's ResNet; less: a narrow trunk, see NarrowResNet).
+        group_norm: > 0: GroupNorm with that many groups instead of BatchNorm (``frozen_bn`` ignored).
     Returns:
         module mapping images ``[N, 3, H, W]`` to ``{"0": [N, C, H/4, W/4], ..., "pool": [N, C, H/64, W/64]}``.
     """
     if depth not in RESNETS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
-    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    norm_layer = norm_layer_of(frozen_bn, group_norm)
     if width < 1:
         raise ValueError(f"ResNet width must be positive, got {width}")
     if width == TORCHVISION_WIDTH:

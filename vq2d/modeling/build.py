@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "trainable_backbone_layers": 3,
     "stride_in_1x1": False,
     "frozen_bn": True,
+    "group_norm": 0,
     "freeze_backbone": False,
     "freeze_rpn": False,
     "input_format": "RGB",
@@ -123,6 +124,7 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
         stride_in_1x1=c["stride_in_1x1"],
         frozen_bn=c["frozen_bn"],
         width=c["width"],
+        group_norm=c["group_norm"],
     )
     rpn_cfg = dict(c["rpn"])
     rpn = build_rpn(
