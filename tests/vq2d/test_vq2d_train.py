@@ -19,7 +19,7 @@ from torch import nn
 from episodic.distributed import init_distributed
 from vq2d.data.synthetic import generate_vq2d
 from vq2d.engine import build
-from vq2d.engine.optim import WarmupMultiStepLR, build_part_optimizer, warmup_multistep_factor
+from vq2d.engine.optim import WarmupMultiStepLR, build_sgd, warmup_multistep_factor
 from vq2d.engine.trainer import NonFiniteGuard, NonFiniteLossError, train, train_one_iteration
 from vq2d.evaluation.detection_ap import FrameDetections, detection_ap
 from vq2d.inference.checkpoint_io import load_detector
@@ -108,7 +108,7 @@ def test_warmup_multistep_schedule_and_parameter_groups(data_root, tmp_path):
     assert restored.last_epoch == 3
     frozen = build.build_training_model(config(data_root, tmp_path, "model.freeze_backbone=true",
                                                "model.freeze_rpn=true"))
-    assert [g["name"] for g in build_part_optimizer(frozen, lr_head=0.02, lr_backbone=0.002).param_groups] == ["head"]
+    assert [g["name"] for g in build_sgd(frozen, lr_head=0.02, lr_backbone=0.002).param_groups] == ["head"]
 
 
 class _NaNModel(nn.Module):
@@ -125,7 +125,7 @@ class _NaNModel(nn.Module):
 
 def test_nonfinite_loss_is_skipped_then_aborts():
     model = _NaNModel()
-    optimizer = build_part_optimizer(model, lr_head=0.1, lr_backbone=0.1)
+    optimizer = build_sgd(model, lr_head=0.1, lr_backbone=0.1)
     batch = {"images": [torch.zeros(3, 8, 8)], "crops": torch.zeros(1, 3, 4, 4),
              "targets": [{"boxes": torch.zeros(0, 4)}]}
     guard = NonFiniteGuard(max_consecutive=3)

@@ -34,7 +34,7 @@ from vq2d.data.train_dataset import (
     missing_frames,
 )
 from vq2d.data.transforms import PairAugmentation
-from vq2d.engine.optim import WarmupMultiStepLR, build_part_optimizer
+from vq2d.engine.optim import WarmupMultiStepLR, build_sgd
 from vq2d.modeling.build import build_model, resolve_model_config
 from vq2d.modeling.siamrcnn import SiamRCNN
 
@@ -208,11 +208,10 @@ def final_state(model: SiamRCNN, model_cfg: dict[str, Any], iteration: int) -> d
 
 
 # ----------------------------------------------------------------------- optimiser
-def build_optimizer(cfg, model: SiamRCNN) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: SiamRCNN) -> torch.optim.SGD:
     s = cfg.solver
-    return build_part_optimizer(model, lr_head=float(s.lr_head), lr_backbone=float(s.lr_backbone), momentum=float(s.momentum),
-                     weight_decay=float(s.weight_decay), nesterov=bool(s.nesterov),
-                     name=str(s.get("optimizer", "sgd")))
+    return build_sgd(model, lr_head=float(s.lr_head), lr_backbone=float(s.lr_backbone), momentum=float(s.momentum),
+                     weight_decay=float(s.weight_decay), nesterov=bool(s.nesterov))
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer) -> WarmupMultiStepLR:

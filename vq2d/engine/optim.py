@@ -1,9 +1,7 @@
-"""SGD (or AdamW) with per-part learning rates and a warmup + multi-step schedule (docs/vq2d.md#model).
+"""SGD with per-part learning rates and a warmup + multi-step schedule (docs/vq2d.md#model).
 
 The siamese head learns at ``lr_head`` (0.02), the backbone + RPN at ``lr_backbone``
 (0.002 in the seed paper; frozen in the baseline, where they have no group at all).
-The originals train with SGD; AdamW is an option for models trained from scratch
-(docs/vq2d.md#training).
 """
 from __future__ import annotations
 
@@ -16,10 +14,7 @@ from torch.optim.lr_scheduler import LRScheduler
 WARMUP_METHODS = ("linear", "constant")
 
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
-def build_part_optimizer(
+def build_sgd(
     model: torch.nn.Module,
     *,
     lr_head: float,
@@ -27,18 +22,12 @@ def build_part_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     nesterov: bool = False,
-    name: str = "sgd",
-) -> torch.optim.Optimizer:
-    """SGD (``name="sgd"``, the originals) or AdamW (``"adamw"``, betas 0.9/0.999; ``momentum``
-    and ``nesterov`` unused) over ``model.param_groups(lr_head, lr_backbone, weight_decay)``
-    (groups named "head" and "backbone"; frozen parameters left out)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"solver.optimizer must be one of {OPTIMIZERS}, got {name!r}")
+) -> torch.optim.SGD:
+    """SGD over ``model.param_groups(lr_head, lr_backbone, weight_decay)`` (groups named
+    "head" and "backbone"; frozen parameters left out)."""
     groups = model.param_groups(lr_head=lr_head, lr_backbone=lr_backbone, weight_decay=weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameter")
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr_head, weight_decay=weight_decay)
     return torch.optim.SGD(groups, lr=lr_head, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
