@@ -44,6 +44,21 @@ class FrameProposals:
         )
 
 
+def siamese_loss(logits: Tensor, labels: Tensor, keep: Tensor, *, balanced: bool = False) -> Tensor:
+    """BCE of the kept pairs: logits, labels ``[Q, N]``, keep ``[Q, N]`` bool -> scalar.
+
+    ``balanced``: (mean over kept positives + mean over kept negatives) / 2 (a side with no
+    pair contributes 0); otherwise one mean over all kept pairs. No kept pair: 0 (with a graph).
+    """
+    if not keep.any():
+        return logits.sum() * 0.0
+    if not balanced:
+        return F.binary_cross_entropy_with_logits(logits[keep], labels[keep])
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    sides = [keep & (labels > 0.5), keep & (labels <= 0.5)]
+    return sum(losses[side].mean() for side in sides if side.any()) / 2.0
+
+
 class SiamRCNN(nn.Module):
     """Siamese detector: which proposals of a frame show the object of a visual crop.
 
@@ -63,6 +78,9 @@ class SiamRCNN(nn.Module):
         hard_negatives_per_query: negatives kept per query by hard-negative mining (None: all).
         hard_negatives_as_released: mine as the released detectron2 code does (see
             ``vq2d.modeling.proposal_sampling.mine_hard_negatives``).
+        balanced_siam_loss: the siamese BCE as the mean of its positive pairs' mean and its
+            negative pairs' mean (False, the originals: one mean over all kept pairs, where
+            negatives outnumber positives about 10 to 1 and the scores stay near the prior).
         crop_size: side S of the square visual crops.
         crop_context: pixels of context around the box in the visual crop (of the source frame;
             16 in the originals, docs/vq2d.md#visual-crop); kept with the model so training
@@ -94,6 +112,7 @@ class SiamRCNN(nn.Module):
         cross_batch_negatives: bool = True,
         hard_negatives_per_query: int | None = 64,
         hard_negatives_as_released: bool = False,
+        balanced_siam_loss: bool = False,
         crop_size: int = 256,
         crop_context: int = 16,
         roi_sampling_ratio: int = 0,
@@ -125,6 +144,7 @@ class SiamRCNN(nn.Module):
         self.cross_batch_negatives = cross_batch_negatives
         self.hard_negatives_per_query = hard_negatives_per_query
         self.hard_negatives_as_released = hard_negatives_as_released
+        self.balanced_siam_loss = bool(balanced_siam_loss)
         self.crop_size = crop_size
         self.crop_context = int(crop_context)
         self.roi_sampling_ratio = roi_sampling_ratio
@@ -269,10 +289,7 @@ class SiamRCNN(nn.Module):
         labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives)
         keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
                                    as_released=self.hard_negatives_as_released)
-        if keep.any():
-            loss_siam = F.binary_cross_entropy_with_logits(logits[keep], labels[keep])
-        else:  # no ROI at all in the batch
-            loss_siam = logits.sum() * 0.0
+        loss_siam = siamese_loss(logits, labels, keep, balanced=self.balanced_siam_loss)
         losses = {
             "loss_siam": loss_siam,
             "loss_rpn_objectness": rpn_losses["loss_objectness"],
