@@ -203,3 +203,24 @@ def test_two_stage_naq_recipe_end_to_end(tmp_path):
     evaluate_checkpoint(finetune / "model_best.pth", root, "test_unannotated", tmp_path / "eval_test")
     test = load_nlq_annotations(root / "v2/annotations/nlq_test_unannotated.json")
     assert validate_submission(read_json(tmp_path / "eval_test/submission.json"), test) == []
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """The running loss normaliser is saved with the weights: a run stopped after epoch 1 and
+    resumed ends where an uninterrupted one does."""
+    from nlq.data.synthetic import generate_nlq
+    from tests.nlq.test_nlq_train import TINY_DATA, train_config
+
+    root = tmp_path / "data"
+    generate_nlq(root, seed=3, **{**TINY_DATA, "n_moments_clips": 0})
+    common = ["model=snag", "stage=nlq_only", f"data.root={root}", "schedule_epochs=2", "seed=5",
+              "model.num_levels=3", "model.hidden_dim=16"]
+    train(train_config(*common, f"output_dir={tmp_path / 'a'}", "max_epochs=2"))
+    train(train_config(*common, f"output_dir={tmp_path / 'b'}", "max_epochs=1"))
+    train(train_config(*common, f"output_dir={tmp_path / 'b'}", "max_epochs=2"))
+    a = torch.load(tmp_path / "a" / "model_0002.pth", weights_only=False)
+    b = torch.load(tmp_path / "b" / "model_0002.pth", weights_only=False)
+    assert float(a["model"]["loss_norm"]) != 10.0
+    for key, value in a["model"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b["model"][key]), key
