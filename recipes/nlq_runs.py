@@ -1,4 +1,4 @@
-"""The NLQ part of the recipes: build NaQ, train VSLNet/ReLER in the stages of an arm, evaluate.
+"""The NLQ part of the recipes: build NaQ, train VSLNet/ReLER/SnAG in the stages of an arm, evaluate.
 
 An *arm* is one training recipe of the NaQ paper's comparisons (docs/nlq.md#training-recipe), a sequence of
 ``tools/train_nlq.py`` stages, each starting from the previous stage's best checkpoint:
@@ -44,6 +44,16 @@ class NLQSettings:
         return cls(model=str(cfg.model), preset=str(cfg.preset), epochs=dict(cfg.get("epochs") or {}),
                    train_args=tuple(cfg.get("train_args") or ()), eval_args=tuple(cfg.get("eval_args") or ()),
                    threads=cfg.get("threads"))
+
+    @classmethod
+    def for_model(cls, cfg, model: str) -> "NLQSettings":
+        """The settings of ``model`` from a recipe's ``nlq`` config: its ``train_args`` and
+        ``epochs`` plus ``per_model[model]``'s (train_args appended, epochs overriding)."""
+        base = cls.from_config(cfg)
+        extra = (cfg.get("per_model") or {}).get(model) or {}
+        return cls(model=str(model), preset=base.preset, epochs={**base.epochs, **dict(extra.get("epochs") or {})},
+                   train_args=base.train_args + tuple(extra.get("train_args") or ()), eval_args=base.eval_args,
+                   threads=base.threads)
 
     @property
     def env(self) -> dict:

@@ -4,8 +4,10 @@
   frames, each evaluated through the full pipeline: frame AP on positive-only and on
   positive + negative frames, the mean best score on frames without the object, stAP, tAP,
   success, recovery.
-* NLQ (NaQ, docs/nlq.md#training-recipe): VSLNet trained on NLQ only, on NLQ + NaQ (joint then fine-tune), on
-  NaQ only (zero-shot), and NLQ only vs NLQ + NaQ with a small NLQ train split (few-shot).
+* NLQ (NaQ, docs/nlq.md#training-recipe): the ablation model (VSLNet) trained on NLQ only, on NLQ + NaQ
+  (joint then fine-tune), on NaQ only (zero-shot), and NLQ only vs NLQ + NaQ with a small NLQ train
+  split (few-shot); every model of ``nlq.models`` (VSLNet, ReLER, SnAG: docs/nlq.md#snag) on NLQ only
+  and NLQ + NaQ with the same data and seeds, side by side in one table.
 
 Every run is repeated for each seed of the config; results.json holds the mean over seeds
 (plus the seeds and the per-seed numbers), README.md the tables, whether each paper effect
@@ -35,7 +37,26 @@ NLQ_RUNS = {  # results key -> (arm, few-shot NLQ train split)
     "fewshot_nlq_only": ("nlq_only", True),
     "fewshot_nlq_naq": ("nlq_naq", True),
 }
+MODEL_RUNS = {"nlq_only": "NLQ only", "nlq_naq": "NLQ + NaQ"}  # arms run for every model of nlq.models
+MODEL_NAMES = {"vslnet": "VSLNet", "reler": "ReLER", "snag": "SnAG"}
 FINDINGS_FILE = "findings.json"
+
+
+def run_key(model: str, arm: str, ablation: str) -> str:
+    """results["nlq"] key of ``model``'s ``arm``: the ablation model's as before (``nlq_only``), others
+    prefixed (``snag_nlq_only``)."""
+    return arm if model == ablation else f"{model}_{arm}"
+
+
+def model_rows(nlq: Mapping[str, Mapping], ablation: str) -> dict:
+    """The NLQ only / NLQ + NaQ runs of every model found in ``nlq``, as table rows "<Model> <arm>"."""
+    rows = {}
+    for model, name in MODEL_NAMES.items():
+        for arm, label in MODEL_RUNS.items():
+            key = run_key(model, arm, ablation)
+            if key in nlq:
+                rows[f"{name} {label}"] = nlq[key]
+    return rows
 
 
 def mean_over_seeds(per_seed: Mapping[int, Mapping]) -> dict:
@@ -98,22 +119,30 @@ def prepare_nlq_data(runner: StepRunner, cfg: Any, *, root: Path, out: Path, dat
 def run_nlq(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> tuple[dict, dict]:
     """Every NLQ run for every seed; returns ({run: R}, {run: first seed's eval dir})."""
     files = prepare_nlq_data(runner, cfg, root=root, out=out, data_step=data_step)
-    full = nlq_runs.NLQSettings.from_config(cfg.nlq)
+    ablation = str(cfg.nlq.model)
+    full = nlq_runs.NLQSettings.for_model(cfg.nlq, ablation)
     fewshot = dataclasses.replace(full, epochs={**full.epochs, **dict(cfg.nlq.fewshot.get("epochs") or {})})
+    seeds = [int(s) for s in cfg.nlq.seeds]
+    ablation_seeds = [int(s) for s in (cfg.nlq.get("ablation_seeds") or seeds)]
+    runs = [(key, arm, fewshot if is_fewshot else full, is_fewshot, seeds if key in MODEL_RUNS else ablation_seeds)
+            for key, (arm, is_fewshot) in NLQ_RUNS.items()]
+    for model in cfg.nlq.get("models") or ():
+        if str(model) != ablation:
+            settings = nlq_runs.NLQSettings.for_model(cfg.nlq, str(model))
+            runs += [(run_key(str(model), arm, ablation), arm, settings, False, seeds) for arm in MODEL_RUNS]
     results, eval_dirs = {}, {}
-    for key, (arm, is_fewshot) in NLQ_RUNS.items():
-        settings = fewshot if is_fewshot else full
+    for key, arm, settings, is_fewshot, run_seeds in runs:
         naq_file = files["fewshot_naq"] if is_fewshot else files["naq"]
         depends = [data_step, "fewshot_split", "fewshot_naq"] if is_fewshot else [data_step, "naq"]
         per_seed = {}
-        for seed in cfg.nlq.seeds:
+        for seed in run_seeds:
             base, name = out / "nlq" / key / f"seed{seed}", f"nlq_{key}_s{seed}"
             checkpoint, last = nlq_runs.train_arm(
-                runner, name, arm, settings, data_root=root, output_dir=base, seed=int(seed), naq_file=naq_file,
+                runner, name, arm, settings, data_root=root, output_dir=base, seed=seed, naq_file=naq_file,
                 train_file=files["fewshot_train"] if is_fewshot else None, depends=depends)
             eval_dir = nlq_runs.evaluate(runner, f"{name}_eval", settings, checkpoint=checkpoint, data_root=root,
                                          split="val", output_dir=base / "eval_val", depends=[last])
-            per_seed[int(seed)] = nlq_runs.nlq_metrics(eval_dir)
+            per_seed[seed] = nlq_runs.nlq_metrics(eval_dir)
             eval_dirs.setdefault(key, eval_dir)
         results[key] = mean_over_seeds(per_seed)
     return results, eval_dirs
@@ -150,8 +179,10 @@ def _finding(claim: str, paper: str, runs: tuple[str, str], metric: str, results
             "beyond_spread": None if spread is None or delta is None else abs(delta) > spread}
 
 
-def findings(results: Mapping) -> list[dict]:
-    """The seed papers' effects (docs/vq2d.md#negative-frames and docs/nlq.md#training-recipe) and whether the synthetic runs show them."""
+def findings(results: Mapping, ablation: str = "vslnet") -> list[dict]:
+    """The seed papers' effects (docs/vq2d.md#negative-frames and docs/nlq.md#training-recipe) and whether the
+    synthetic runs show them; with the other models' runs (``<model>_nlq_only`` ...), the NaQ gain of each
+    and whether SnAG + NaQ beats the others + NaQ (docs/nlq.md#snag)."""
     vq, nlq = results["vq2d"], results["nlq"]
     neg = ("no_negatives", "negatives")
     out = [
@@ -182,6 +213,17 @@ def findings(results: Mapping) -> list[dict]:
     out.append({"claim": "NaQ alone (zero-shot) gives non-trivial recall", "paper": "yes", "metric": "R@1_IoU0.3",
                 "from": "-", "to": "naq_zero_shot", "before": None, "after": zero, "delta": None,
                 "shows": None if zero is None else zero > 0})
+    for model, name in MODEL_NAMES.items():
+        runs = (run_key(model, "nlq_only", ablation), run_key(model, "nlq_naq", ablation))
+        if model != ablation and all(r in nlq for r in runs):
+            out += [_finding(f"{name}: NLQ + NaQ beats NLQ only", "NaQ gains for every model", runs, metric, nlq, "up")
+                    for metric in ("R@1_IoU0.3", "R@5_IoU0.3", "mIoU")]
+    snag = run_key("snag", "nlq_naq", ablation)
+    for model, name in MODEL_NAMES.items():
+        other = run_key(model, "nlq_naq", ablation)
+        if model != "snag" and snag in nlq and other in nlq:
+            out += [_finding(f"SnAG + NaQ beats {name} + NaQ", "single-stage models lead Ego4D NLQ", (other, snag),
+                             metric, nlq, "up") for metric in ("R@1_IoU0.3", "R@1_IoU0.5", "R@5_IoU0.3", "R@5_IoU0.5")]
     return out
 
 
@@ -225,9 +267,9 @@ def write_reproduce_report(cfg: Any, out: Path, results: dict, timings: list, vq
     charts = [bar_chart(pictures_dir / "vq2d_metrics.png", vq2d_panels(results["vq2d"]),
                         "VQ2D: detector trained with vs without negative frames (synthetic val)"),
               bar_chart(pictures_dir / "nlq_metrics.png", nlq_panels(results["nlq"]),
-                        "NLQ: VSLNet with and without NaQ (synthetic val)")]
+                        "NLQ: with and without NaQ (synthetic val)")]
     pictures = [("VQ2D metrics, with vs without negative frames", charts[0]),
-                ("NLQ metrics of the five trainings", charts[1])]
+                ("NLQ metrics of every training", charts[1])]
     curves = vq2d_runs.choose_curves(list(vq2d_dirs.values()), int(cfg.pictures.curves))
     for variant, eval_dir in vq2d_dirs.items():
         for what, path in vq2d_runs.pick_pictures(eval_dir, pictures_dir, f"vq2d_{variant}", curves):
@@ -238,9 +280,13 @@ def write_reproduce_report(cfg: Any, out: Path, results: dict, timings: list, vq
         if timeline.is_file():
             pictures.append((f"NLQ {key}: predicted vs GT windows",
                              publish(timeline, pictures_dir / f"nlq_{key}_timeline.png")))
-    found = findings(results)
+    found = findings(results, str(cfg.nlq.model))
     atomic_write_json(out / FINDINGS_FILE, found, indent=1)
     tables = results_tables(results["vq2d"], results["nlq"])
+    models = model_rows(results["nlq"], str(cfg.nlq.model))
+    if len(models) > 2:
+        tables += ("\n\nNLQ models side by side (val, same data and seeds; recall and mIoU in %)\n"
+                   + format_table(models, NLQ_COLUMNS, "model"))
     if len(cfg.vq2d.seeds) > 1 or len(cfg.nlq.seeds) > 1:
         tables += ("\n\nPer seed\n" + format_table(_per_seed_rows(results["vq2d"]), VQ2D_COLUMNS, "detector")
                    + "\n\n" + format_table(_per_seed_rows(results["nlq"]), NLQ_COLUMNS, "training"))
@@ -256,8 +302,12 @@ def write_reproduce_report(cfg: Any, out: Path, results: dict, timings: list, vq
         f"without negative frames, seeds {list(cfg.vq2d.seeds)}; frame AP from the trainer (`detection_ap.json`), "
         "the rest from `tools/eval_vq2d.py` on val (full pipeline); `bg_peak_score` = mean over val queries of "
         "the highest detection score on search-window frames outside the GT track.",
-        f"* NLQ: VSLNet ({cfg.nlq.preset} preset), seeds {list(cfg.nlq.seeds)}, epochs per stage "
-        f"{dict(cfg.nlq.epochs)}; few-shot = the NLQ train queries of {cfg.nlq.fewshot.fraction:.0%} of the NLQ train "
+        f"* NLQ: {', '.join(MODEL_NAMES.get(str(m), str(m)) for m in cfg.nlq.get('models') or [cfg.nlq.model])} "
+        f"({cfg.nlq.preset} preset) on NLQ only and NLQ + NaQ, seeds {list(cfg.nlq.seeds)}, epochs per stage "
+        f"{dict(cfg.nlq.epochs)} (per model: "
+        f"{ {str(m): dict(v.get('epochs') or {}) for m, v in (cfg.nlq.get('per_model') or {}).items()} }); "
+        f"{MODEL_NAMES.get(str(cfg.nlq.model), cfg.nlq.model)} also on NaQ only (zero-shot) and few-shot, seeds "
+        f"{list(cfg.nlq.get('ablation_seeds') or cfg.nlq.seeds)}; few-shot = the NLQ train queries of {cfg.nlq.fewshot.fraction:.0%} of the NLQ train "
         f"{cfg.nlq.fewshot.get('unit', 'clip')}s "
         f"(subset seed {cfg.nlq.fewshot.seed}), NaQ unchanged. Best checkpoint by val R@1 IoU0.3 (as the paper's "
         "recipe), then scored on val by `tools/eval_nlq.py`.",

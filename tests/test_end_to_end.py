@@ -64,8 +64,11 @@ REPRODUCE_INSTANT = [  # keys reproduce.yaml already sets are overridden without
     "vq2d.max_iter=2", "vq2d.workers=1", "vq2d.train_args=['eval.max_queries=2','eval.period=0','data.num_workers=0']",
     "nlq.seeds=[0]", "nlq.epochs.nlq_only=1", "nlq.epochs.joint=1", "nlq.epochs.finetune=1", "nlq.epochs.naq_only=1",
     "nlq.fewshot.epochs.nlq_only=1", "nlq.fewshot.epochs.finetune=1", "pictures.curves=1",
+    "nlq.per_model.reler.epochs={nlq_only:1,joint:1,finetune:1}",
+    "nlq.per_model.snag.epochs={nlq_only:1,joint:1,finetune:1}",
 ]
-NLQ_RUNS = {"nlq_only", "nlq_naq", "naq_zero_shot", "fewshot_nlq_only", "fewshot_nlq_naq"}
+NLQ_RUNS = {"nlq_only", "nlq_naq", "naq_zero_shot", "fewshot_nlq_only", "fewshot_nlq_naq",
+            "reler_nlq_only", "reler_nlq_naq", "snag_nlq_only", "snag_nlq_naq"}
 
 
 def test_reproduce_recipe_end_to_end(tmp_path):
@@ -92,5 +95,6 @@ def test_reproduce_recipe_end_to_end(tmp_path):
     assert {f["metric"] for f in findings} >= {"ap_posneg", "bg_peak_score", "R@1_IoU0.3"}
     readme = (out / "README.md").read_text()
     assert "naq_zero_shot" in readme and "| effect (paper) |" in readme
+    assert "NLQ models side by side" in readme and "SnAG NLQ + NaQ" in readme and "ReLER NLQ only" in readme
     assert (out / "pictures" / "vq2d_negatives_false_positives.png").is_file()
     assert (out / "pictures" / "vq2d_no_negatives_false_positives.png").is_file()

@@ -1,6 +1,6 @@
 """`make reproduce`: the seed papers' findings on the synthetic val split
-(recipes/reproduce.py): VQ2D with vs without negative frames; VSLNet on NLQ only,
-NLQ + NaQ, NaQ only, and few-shot NLQ only vs NLQ + NaQ.
+(recipes/reproduce.py): VQ2D with vs without negative frames; VSLNet, ReLER and SnAG on
+NLQ only and NLQ + NaQ; VSLNet on NaQ only, and few-shot NLQ only vs NLQ + NaQ.
 
     python tools/reproduce.py [output_dir=outputs/reproduce] [nlq.seeds=[0]] [resume=false] ...
 

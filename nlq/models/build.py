@@ -1,6 +1,6 @@
 """Config -> NLQ model and text encoder (the one place where their configs are translated).
 
-A model config is ``{"name": "vslnet" | "reler", <constructor keyword arguments>}``
+A model config is ``{"name": "vslnet" | "reler" | "snag", <constructor keyword arguments>}``
 (configs/nlq/model/*.yaml), a text-encoder config ``{"name": "learned" | "glove" | "bert"
 | "clip", <builder keyword arguments>}`` (configs/nlq/text_encoder/*.yaml). Unknown keys
 are errors.
@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from nlq.models import reler, text_encoders, vslnet  # noqa: F401  (fill the registries)
+from nlq.models import reler, snag, text_encoders, vslnet  # noqa: F401  (fill the registries)
 from nlq.models.registry import MODELS, TEXT_ENCODERS
 
 

@@ -68,7 +68,8 @@ class ConvBlock(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product multi-head attention with a key mask.
 
-    query: [B, Lq, d], context: [B, Lk, d], context_mask: [B, Lk] -> [B, Lq, d].
+    query: [B, Lq, d], context: [B, Lk, d], context_mask: [B, Lk] (the same keys for every
+    query) or [B, Lq, Lk] (per query, e.g. a local window) -> [B, Lq, d].
     """
 
     def __init__(self, dim: int, num_heads: int = 8, dropout: float = 0.2, out_projection: bool = True):
@@ -89,10 +90,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.query(query)), self._split(self.key(context)), self._split(self.value(context))
-        # additive key mask [B, 1, 1, Lk]: the dtype's lowest finite value (not -inf), so a fully
-        # masked row gets uniform weights instead of NaN, as masked_softmax does
+        # additive key mask [B, 1, 1 | Lq, Lk]: the dtype's lowest finite value (not -inf), so a
+        # fully masked row gets uniform weights instead of NaN, as masked_softmax does
         bias = torch.zeros(context_mask.shape, dtype=q.dtype, device=q.device)
-        bias = bias.masked_fill(~context_mask.bool(), torch.finfo(q.dtype).min)[:, None, None, :]
+        bias = bias.masked_fill(~context_mask.bool(), torch.finfo(q.dtype).min)
+        bias = bias[:, None, None, :] if context_mask.dim() == 2 else bias[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.dropout.p if self.training else 0.0)
         return self.out(out.transpose(1, 2).flatten(2))  # [B, Lq, d]

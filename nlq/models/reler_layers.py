@@ -17,15 +17,20 @@ from nlq.models.layers import masked_softmax
 BERT_LAYER_NORM_EPS = 1e-12  # the cross encoder's LayerNorms (BERT style)
 
 
-def sine_positions(valid: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Normalised 1-D sine position encoding (DETR's ``PositionEmbeddingSine(dim, normalize=True)``).
+def sine_positions(valid: torch.Tensor, dim: int, temperature: float = 10000.0,
+                   normalize: bool = True) -> torch.Tensor:
+    """1-D sine position encoding; normalised: DETR's ``PositionEmbeddingSine(dim, normalize=True)``.
 
     valid: [B, T] bool -> [B, T, dim]. Position p = cumsum(valid) / (number of valid + 1e-6) * 2 pi
-    (padded steps repeat the last valid position); channel 2i is sin(p / t^(2i/dim)),
+    (``normalize``; padded steps repeat the last valid position), else the step index itself
+    (SnAG's absolute encoding, the same at any clip length); channel 2i is sin(p / t^(2i/dim)),
     channel 2i+1 is cos(p / t^(2i/dim)).
     """
     position = valid.float().cumsum(dim=1)
-    position = position / (position[:, -1:] + 1e-6) * (2 * math.pi)
+    if normalize:
+        position = position / (position[:, -1:] + 1e-6) * (2 * math.pi)
+    else:
+        position = position - 1.0
     channels = torch.arange(dim, dtype=torch.float32, device=valid.device)
     scale = temperature ** (2 * torch.div(channels, 2, rounding_mode="floor") / dim)
     angles = position[:, :, None] / scale  # [B, T, dim]

@@ -111,3 +111,33 @@ def padded_result(windows: torch.Tensor, scores: torch.Tensor, k: int) -> dict:
         windows.append(list(windows[-1]))
         scores.append(0.0)
     return {"windows": windows, "scores": scores}
+
+
+def soft_nms(windows: torch.Tensor, scores: torch.Tensor, sigma: float = 0.9, min_score: float = 0.001,
+             k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian Soft-NMS (Bodla et al. 2017) of windows [M, 2] with scores [M]: repeatedly keep
+    the best remaining window and decay every other score by exp(-IoU^2 / sigma); windows whose
+    score falls below ``min_score`` are dropped. Returns the first k kept windows [k', 2] and
+    their decayed scores [k'] (decreasing; later picks never change earlier ones)."""
+    windows, scores = windows.float(), scores.float().clone()
+    alive = scores >= min_score
+    kept = []
+    for _ in range(min(k, windows.shape[0])):
+        if not bool(alive.any()):
+            break
+        best = int(scores.masked_fill(~alive, -1.0).argmax())
+        kept.append((best, float(scores[best])))
+        alive[best] = False
+        decay = torch.exp(-temporal_iou(windows[best:best + 1], windows)[0] ** 2 / sigma)
+        scores = torch.where(alive, scores * decay, scores)
+        alive &= scores >= min_score
+    index = torch.as_tensor([i for i, _ in kept], dtype=torch.long, device=windows.device)
+    return windows[index], torch.as_tensor([s for _, s in kept], dtype=torch.float32, device=windows.device)
+
+
+def vote_windows(kept: torch.Tensor, windows: torch.Tensor, scores: torch.Tensor,
+                 iou_threshold: float = 0.95) -> torch.Tensor:
+    """Refine each kept window [K, 2] as the score-weighted mean of the candidate windows [M, 2]
+    (scores [M]) overlapping it by IoU >= ``iou_threshold`` (a kept window is one of them)."""
+    weights = (temporal_iou(kept.float(), windows.float()) >= iou_threshold).float() * scores.float()[None]
+    return (weights @ windows.float()) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)

@@ -8,7 +8,7 @@ import pytest
 
 from recipes.fewshot import subsample_nlq_train, write_fewshot_annotations
 from recipes.report import bar_chart, format_table, write_readme
-from recipes.reproduce import findings, mean_over_seeds, seed_spread
+from recipes.reproduce import findings, mean_over_seeds, model_rows, seed_spread
 from recipes.steps import StepFailed, StepRunner
 
 TOOL = """import pathlib, sys
@@ -181,6 +181,37 @@ def test_mean_over_seeds_and_findings():
     assert found[("stAP@0.25", "no_negatives")]["shows"] is None  # not measured
     assert found[("R@1_IoU0.3 gain", "full")]["delta"] == pytest.approx(4.0)
     assert found[("R@1_IoU0.3", "-")]["shows"] is False  # zero-shot recall 0
+
+
+def test_model_runs_rows_and_findings():
+    vq = {"no_negatives": {"ap_pos": 10.0}, "negatives": {"ap_pos": 10.0}}
+    nlq = {"nlq_only": {"R@1_IoU0.3": 10.0}, "nlq_naq": {"R@1_IoU0.3": 12.0}, "naq_zero_shot": {},
+           "fewshot_nlq_only": {}, "fewshot_nlq_naq": {},
+           "reler_nlq_only": {"R@1_IoU0.3": 8.0}, "reler_nlq_naq": {"R@1_IoU0.3": 7.0},
+           "snag_nlq_only": {"R@1_IoU0.3": 20.0}, "snag_nlq_naq": {"R@1_IoU0.3": 25.0}}
+    assert list(model_rows(nlq, "vslnet")) == ["VSLNet NLQ only", "VSLNet NLQ + NaQ", "ReLER NLQ only",
+                                               "ReLER NLQ + NaQ", "SnAG NLQ only", "SnAG NLQ + NaQ"]
+    found = {(f["claim"], f["metric"]): f for f in findings({"vq2d": vq, "nlq": nlq})}
+    assert found[("ReLER: NLQ + NaQ beats NLQ only", "R@1_IoU0.3")]["shows"] is False  # reported as it came out
+    assert found[("SnAG: NLQ + NaQ beats NLQ only", "R@1_IoU0.3")]["delta"] == pytest.approx(5.0)
+    assert found[("SnAG + NaQ beats VSLNet + NaQ", "R@1_IoU0.3")]["delta"] == pytest.approx(13.0)
+    assert found[("SnAG + NaQ beats ReLER + NaQ", "R@1_IoU0.3")]["shows"] is True
+    assert not any("SnAG" in claim for claim, _ in
+                   {(f["claim"], f["metric"]) for f in findings({"vq2d": vq, "nlq": dict(list(nlq.items())[:5])})})
+
+
+def test_nlq_settings_per_model():
+    from omegaconf import OmegaConf
+
+    from recipes.nlq_runs import NLQSettings
+
+    cfg = OmegaConf.create({"model": "vslnet", "preset": "tiny", "epochs": {"nlq_only": 40, "joint": 4},
+                            "train_args": ["num_workers=0"], "threads": 1,
+                            "per_model": {"snag": {"train_args": ["model.num_levels=5"], "epochs": {"joint": 2}}}})
+    snag = NLQSettings.for_model(cfg, "snag")
+    assert snag.model == "snag" and snag.epochs == {"nlq_only": 40, "joint": 2}
+    assert snag.train_args == ("num_workers=0", "model.num_levels=5") and snag.env == {"OMP_NUM_THREADS": "1"}
+    assert NLQSettings.for_model(cfg, "reler").train_args == ("num_workers=0",)
 
 
 def test_report_table_chart_and_readme(tmp_path):
