@@ -4,6 +4,10 @@ DataLoader workers, augmentation) and ``train_one_iteration``.
 
     python benchmarks/bench_train_vq2d.py [--data-root DIR] [--configs tiny,r50] [--iters 20] [--device cpu]
 
+On a CPU it also measures ``tiny_before``, the tiny preset as it was before 2026-11-29
+(ResNet-18 at width 64 with BatchNorm, frames at 128-160 px, crops with 16 px of context),
+in the same run, and prints the speed-up of the preset over it (docs/vq2d.md#tiny-preset).
+
 Without ``--data-root`` a small synthetic set is generated in a temporary folder first. The
 R50 model starts from random weights (speed does not depend on them). The last line reads
 ``ratio=<measured / target>`` for the main configuration: r50 on a GPU, tiny on a CPU.
@@ -27,9 +31,13 @@ from vq2d.engine import build
 from vq2d.engine.trainer import train_one_iteration
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq2d"
-TARGETS = {("tiny", "cpu"): 8.0, ("r50", "cuda"): 40.0, ("tiny", "cuda"): 200.0, ("r50", "cpu"): 0.5}
+TARGETS = {("tiny", "cpu"): 8.0, ("r50", "cuda"): 40.0, ("tiny", "cuda"): 200.0, ("r50", "cpu"): 0.5,
+           ("tiny_before", "cpu"): 1.0, ("tiny_before", "cuda"): 1.0}  # tiny_before: a reference, no target
+TINY_BEFORE = ["model.width=64", "model.fpn_channels=64", "model.group_norm=0", "model.min_size=[128,144,160]",
+               "model.max_size=256", "model.crop_context=16"]
 OVERRIDES = {
     "tiny": ["preset=tiny"],
+    "tiny_before": ["preset=tiny", *TINY_BEFORE],
     "r50": ["preset=improved", "model.weights.format=none"],
 }
 
@@ -79,16 +87,19 @@ def main() -> None:
     args = parser.parse_args()
     device = build.resolve_device(args.device)
     iters = args.iters or (20 if device == "cuda" else 5)
-    names = [n for n in (args.configs or ("tiny,r50" if device == "cuda" else "tiny")).split(",") if n]
+    names = [n for n in (args.configs or ("tiny,r50" if device == "cuda" else "tiny,tiny_before")).split(",") if n]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_root or Path(tmp)
         if args.data_root is None:
             generate_vq2d(root, seed=0, preset="small")
         rates = {}
         for name in names:
-            batch = None if name == "tiny" else (8 if device == "cuda" else 2)  # r50: 8 per GPU as in 64 / 8 GPUs
+            batch = None if name.startswith("tiny") else (8 if device == "cuda" else 2)  # r50: 8 per GPU (64 / 8 GPUs)
             rates[name] = measure(name, root, device, iters, args.warmup, batch, args.workers)
     main_name = "r50" if device == "cuda" and "r50" in rates else names[0]
+    if "tiny" in rates and "tiny_before" in rates:
+        print(f"tiny preset: {rates['tiny']:.2f} images/s, before: {rates['tiny_before']:.2f} images/s, "
+              f"speed-up {rates['tiny'] / rates['tiny_before']:.2f}x", flush=True)
     print(f"main={main_name} device={device} images_per_s={rates[main_name]:.2f} "
           f"ratio={rates[main_name] / TARGETS[(main_name, device)]:.3f}")
 
