@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from episodic.cli import (EXIT_FAILED_ITEMS, EXIT_OK, check_output_dir, config_type_problems, exit_status,
                           failure_fields, failure_lines, finish, os_error_line)
@@ -75,8 +76,9 @@ def test_bad_value_is_one_line_and_nothing_is_written(tmp_path):
     out = tmp_path / "run"
     proc = _tool("tools/train_vq2d.py", f"output_dir={out}", "max_iter=abc")
     assert proc.returncode == 1
+    default = OmegaConf.load(REPO / "configs" / "vq2d" / "preset" / "tiny.yaml").max_iter  # the default preset's
     assert proc.stderr.strip().splitlines() == ["error: bad config value: max_iter='abc': expected an integer "
-                                                "(default: 400)"], proc.stderr
+                                                f"(default: {default})"], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not out.exists()  # no config.yaml with max_iter: abc
 
