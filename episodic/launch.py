@@ -263,3 +263,10 @@ def submit_array(
             jobs.append(ex.submit(wrapped, args))
     logger.info("submitted %d %s jobs (%s) in %s", len(jobs), executor, name, folder)
     return jobs
+
+
+def job_result(job: submitit.Job) -> Any:
+    """Wait for ``job`` and return its first task's result. A job of several tasks (DDP with
+    ``tasks_per_node`` > 1) has no single ``result()``: submitit raises there; every task
+    returns, and rank 0's value is the run's."""
+    return job.results()[0]

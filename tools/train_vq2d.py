@@ -13,7 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from episodic.cli import tool_main
 from episodic.errors import DataError
-from episodic.launch import submit
+from episodic.launch import job_result, submit
 from vq2d.engine.build import model_config
 from vq2d.engine.dry_run import dry_run
 from vq2d.engine.trainer import train
@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> None:
     job = submit(train, resolved, **OmegaConf.to_container(launcher))
     print(f"submitted job {job.job_id}; logs: {job.paths.stdout}; outputs: {resolved.output_dir}")
     if launcher.executor != "slurm":
-        print(job.result())
+        print(job_result(job))
 
 
 if __name__ == "__main__":

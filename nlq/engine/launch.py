@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from episodic.launch import submit
+from episodic.launch import job_result, submit
 from nlq.engine.build import resolve_train_config
 from nlq.engine.trainer import train
 
@@ -32,4 +32,4 @@ def launch_training(cfg: Any) -> dict | None:
     log.info("submitted %s job %s; logs in %s", params.get("executor"), job.job_id, job.paths.folder)
     if not cfg.wait:
         return {"job_id": str(job.job_id)}
-    return job.result()
+    return job_result(job)

@@ -62,6 +62,12 @@ def test_local_executor_runs_two_tasks_as_one_process_group(tmp_path):
     )
     _wait(job)
     assert job.results() == [(0, 2, ["r0", "r1"]), (1, 2, ["r0", "r1"])]
+    with pytest.raises(AssertionError):  # what the tools called before: no single result of 2 tasks
+        job.result()
+    assert launch.job_result(job) == (0, 2, ["r0", "r1"])  # rank 0's, as the train tools print
+    single = launch.submit(_square, 3, executor="local", folder=tmp_path / "%j", name="square", timeout_min=5)
+    _wait(single)
+    assert launch.job_result(single) == 9
 
 
 def test_preempted_local_job_is_requeued_and_resumes_from_last_checkpoint(tmp_path):
