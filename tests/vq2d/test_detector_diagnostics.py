@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from vq2d.evaluation.detector_diagnostics import (FrameProposalScores, box_iou, detector_diagnostics,
-                                                  format_diagnostics, separation_auc)
+from vq2d.evaluation.detector_diagnostics import (FrameProposalScores, detector_diagnostics, format_diagnostics,
+                                                  separation_auc)
+from vq2d.evaluation.metrics import box_iou_one_to_many
 
 GT = np.array([[10.0, 10.0, 30.0, 30.0]])
 
@@ -16,9 +17,9 @@ def frame(gt, proposals, scores):
 
 
 def test_box_iou_hand_values():
-    iou = box_iou(GT, [[10, 10, 30, 30], [20, 10, 40, 30], [50, 50, 60, 60], [5, 5, 5, 9]])
-    assert iou.shape == (1, 4)
-    np.testing.assert_allclose(iou[0], [1.0, 200 / 600, 0.0, 0.0])
+    iou = box_iou_one_to_many(GT[0], [[10, 10, 30, 30], [20, 10, 40, 30], [50, 50, 60, 60], [5, 5, 5, 9]])
+    assert iou.shape == (4,)
+    np.testing.assert_allclose(iou, [1.0, 200 / 600, 0.0, 0.0])
 
 
 def test_recall_rank_and_scores():

@@ -27,7 +27,7 @@ import numpy as np
 
 from episodic.errors import DataError
 from vq2d.data.crops import crop_region
-from vq2d.inference.tracking.association import box_iou_one_to_many
+from vq2d.evaluation.metrics import box_iou_one_to_many
 
 DEFAULT_SCALES = tuple(float(s) for s in np.linspace(0.6, 1.5, 5))
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vq2d.evaluation.metrics import box_iou_one_to_many
+
 DIAGNOSTICS = ("rpn_recall", "gt_top1", "gt_top5", "gt_score", "positive_max", "negative_max", "separation")
 
 
@@ -37,17 +39,6 @@ class FrameProposalScores:
     gt_boxes: np.ndarray
     proposals: np.ndarray
     scores: np.ndarray
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of xyxy boxes ``a [N, 4]`` and ``b [M, 4]``."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def separation_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -75,7 +66,10 @@ def detector_diagnostics(frames: list[FrameProposalScores], iou: float = 0.5) ->
             negative_max.append(best)
             continue
         positive_max.append(best)
-        hits = (box_iou(frame.gt_boxes, frame.proposals) >= iou).any(axis=0) if len(scores) else np.zeros(0, bool)
+        proposals = np.asarray(frame.proposals, np.float64).reshape(-1, 4)
+        hits = np.zeros(len(proposals), bool)
+        for gt in np.asarray(frame.gt_boxes).reshape(-1, 4):
+            hits |= box_iou_one_to_many(gt, proposals) >= iou
         covered.append(bool(hits.any()))
         if hits.any():
             gt_score = float(scores[hits].max())

@@ -86,6 +86,15 @@ def box_intersections(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h
 
 
+def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of ``box: [4]`` with each of ``boxes: [N, 4]`` (xyxy) -> ``[N]``; 0 where the union is 0."""
+    box = np.asarray(box, dtype=np.float64).reshape(1, 4)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    inter = box_intersections(np.broadcast_to(box, boxes.shape), boxes)
+    union = box_areas(box) + box_areas(boxes) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def sequential_sum(values: np.ndarray) -> float:
     """Left-to-right sum of ``values: [N]`` (the official Python loop's rounding; numpy's
     ``sum`` adds pairwise)."""

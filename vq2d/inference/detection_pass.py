@@ -30,7 +30,7 @@ from torch import Tensor
 from episodic.errors import DataError
 from episodic.io import atomic_open
 from vq2d.data.annotations import VQQuery
-from vq2d.data.crops import CONTEXT_PX, make_visual_crop
+from vq2d.data.crops import make_visual_crop
 from vq2d.inference.frame_source import ClipFrames, frames_past_the_end, search_window
 from vq2d.modeling.siamrcnn import FrameProposals, SiamRCNN
 
@@ -171,7 +171,7 @@ class DetectionPass:
         """The query's visual crop ``[3, S, S]`` float 0..255 (docs/vq2d.md#visual-crop)."""
         try:
             crop = make_visual_crop(image, query.visual_crop.xyxy, size=self.model.crop_size,
-                                    context=getattr(self.model, "crop_context", CONTEXT_PX))
+                                    context=self.model.crop_context)
         except DataError as e:
             raise DataError(f"query {query.name}: bad visual crop on frame "
                             f"{query.visual_crop.frame_number}: {e}") from None

@@ -8,6 +8,9 @@ channels, keys ``"0"``..``"3"`` = P2..P5 (strides 4, 8, 16, 32) and ``"pool"`` =
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -64,7 +67,7 @@ class NarrowResNet(nn.Module):
     iterations per minute on a CPU (docs/vq2d.md#training).
     """
 
-    def __init__(self, depth: int, width: int, norm_layer: type[nn.Module]):
+    def __init__(self, depth: int, width: int, norm_layer: Callable[[int], nn.Module]):
         super().__init__()
         layers, block = STAGES[depth]
         self.inplanes = width
@@ -94,21 +97,18 @@ class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` built as ``norm_layer(num_channels)``, with ``groups`` groups (fewer
     when the channels do not divide: the largest divisor of the channels below ``groups``)."""
 
-    groups = 8
-
-    def __init__(self, num_channels: int):
-        groups = max(g for g in range(1, self.groups + 1) if num_channels % g == 0)
-        super().__init__(groups, num_channels)
+    def __init__(self, num_channels: int, groups: int = 8):
+        super().__init__(max(g for g in range(1, groups + 1) if num_channels % g == 0), num_channels)
 
 
-def norm_layer_of(frozen_bn: bool, group_norm: int) -> type[nn.Module]:
+def norm_layer_of(frozen_bn: bool, group_norm: int) -> Callable[[int], nn.Module]:
     """The trunk's normalisation: GroupNorm with ``group_norm`` groups when > 0 (statistics of
     each image alone: the same in training and inference, and for crops and frames), else
     FrozenBatchNorm2d or BatchNorm2d."""
     if group_norm < 0:
         raise ValueError(f"group_norm must be >= 0, got {group_norm}")
     if group_norm:
-        return type(f"GroupNorm{group_norm}", (GroupNorm,), {"groups": int(group_norm)})
+        return functools.partial(GroupNorm, groups=int(group_norm))
     return FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
 
 

@@ -235,12 +235,14 @@ class SiamRCNN(nn.Module):
         sorted by decreasing score.
         """
         scores = torch.sigmoid(self.score(embeddings, query_emb))  # [Q, K]
-        results = []
-        for query_scores in scores:
-            keep = torch.where(query_scores > self.score_thresh)[0]
-            kept = keep[nms(boxes[keep], query_scores[keep], self.nms_thresh)][: self.detections_per_frame]
-            results.append({"boxes": boxes[kept], "scores": query_scores[kept]})
-        return results
+        return [self._select(boxes, query_scores) for query_scores in scores]
+
+    def _select(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
+        """One query's detections from a frame's proposals ``[K, 4]`` and their probabilities
+        ``[K]``: above ``score_thresh``, NMS, the top ``detections_per_frame`` by score."""
+        keep = torch.where(scores > self.score_thresh)[0]
+        kept = keep[nms(boxes[keep], scores[keep], self.nms_thresh)][: self.detections_per_frame]
+        return {"boxes": boxes[kept], "scores": scores[kept]}
 
     def detect(self, frames: FrameProposals, query_emb: Tensor) -> list[list[dict[str, Tensor]]]:
         """Every query ``[Q, hidden]`` on every frame -> ``[frame][query]`` {"boxes", "scores"}."""
@@ -255,8 +257,8 @@ class SiamRCNN(nn.Module):
         query_emb = self.encode_crops(crops)
         detections, proposals = [], []
         for i in range(len(images)):
-            detections.append(self._detect_in_frame(frames.boxes[i], frames.embeddings[i], query_emb[i : i + 1])[0])
-            scores = torch.sigmoid(self.score(frames.embeddings[i], query_emb[i : i + 1]))[0]
+            scores = torch.sigmoid(self.score(frames.embeddings[i], query_emb[i : i + 1]))[0]  # [K]
+            detections.append(self._select(frames.boxes[i], scores))
             proposals.append({"boxes": frames.boxes[i], "scores": scores})
         return detections, proposals
 

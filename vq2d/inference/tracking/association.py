@@ -10,18 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vq2d.evaluation.metrics import box_iou_one_to_many
 from vq2d.inference.tracking.base import Box, Tracker, register_tracker
-
-
-def box_iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of ``box: [4]`` with each of ``boxes: [N, 4]`` (xyxy) -> ``[N]``."""
-    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = w * h
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
 
 
 @register_tracker("association")
