@@ -109,6 +109,39 @@ def test_siamese_head_shapes_and_bilinear_score():
         torch.testing.assert_close(logits[q], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_ncc_head_is_a_normalised_cross_correlation_per_channel():
+    torch.manual_seed(0)
+    head = SiameseHead(in_channels=4, hidden_size=8, num_residual_blocks=0, pooler_resolution=3, similarity="ncc")
+    assert len(head.projector) == 0 and [type(m).__name__ for m in head.compare] == ["Linear", "ReLU", "Linear"]
+    query = torch.rand(1, 4, 3, 3)
+    proposals = torch.stack([query[0] * 2.0 + 1.0, -query[0], torch.rand(4, 3, 3)])  # scaled+shifted, negated, other
+    p_emb, q_emb = head.embed(proposals), head.embed(query)
+    assert p_emb.shape == (3, 4 * 9 + 4)
+    seen = []
+    head.compare.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    logits = head.score(p_emb, q_emb)
+    assert logits.shape == (1, 3)
+    pairs = seen[0]  # [Q, K, 2C]: per-channel correlation, then |mean difference|
+    torch.testing.assert_close(pairs[0, 0, :4], torch.ones(4))  # a gain and an offset do not change the layout
+    torch.testing.assert_close(pairs[0, 1, :4], -torch.ones(4))
+    torch.testing.assert_close(pairs[0, 0, 4:], (query.mean(dim=(2, 3)) + 1.0)[0])  # ... but they change the colour
+    assert (pairs[0, 2, :4].abs() < 1).all()
+    torch.testing.assert_close(logits, head.compare(pairs)[..., 0])
+
+
+def test_cosine_head_and_spatial_pool():
+    torch.manual_seed(0)
+    head = SiameseHead(in_channels=4, hidden_size=8, num_residual_blocks=0, pooler_resolution=4,
+                       similarity="cosine", spatial_pool=2, init_scale=10.0, init_bias=-5.0)
+    assert not hasattr(head, "compare") and head.projector[2].in_features == 4 * 2 * 2
+    emb = head.embed(torch.rand(3, 4, 4, 4))
+    logits = head.score(emb, emb)
+    torch.testing.assert_close(torch.diagonal(logits), torch.full((3,), 5.0))  # cos 1: 10 * 1 - 5
+    assert (logits <= 5.0 + 1e-5).all()
+    with pytest.raises(ValueError, match="similarity"):
+        SiameseHead(in_channels=4, hidden_size=8, similarity="dot")
+
+
 # ------------------------------------------------------------------- ROI labelling
 def test_negative_frame_gives_only_negative_rois():
     proposals = [torch.tensor([[0.0, 0, 50, 50], [10, 10, 60, 60], [5, 5, 40, 40]])]
@@ -140,6 +173,21 @@ def test_cross_batch_labels_positive_only_on_own_image():
     assert valid.all()
     _, own_only = cross_batch_labels([torch.tensor([1, 0, 1]), torch.tensor([0, 1])], cross_batch=False)
     assert own_only.tolist() == [[True, True, True, False, False], [False, False, False, True, True]]
+    labels, valid = cross_batch_labels([torch.tensor([1, 0]), torch.tensor([0, 1])], queries_per_image=2)
+    assert labels.tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]  # crops 0, 1 of image 0
+
+
+def test_several_crops_per_frame_train_and_inference_keeps_one():
+    model = tiny_model(head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16}).train()
+    images, crops, targets = frames_and_crops()
+    losses = model(images, torch.stack([crops, crops.flip(-1)], dim=1).flatten(0, 1), targets)  # image-major
+    assert torch.isfinite(sum(losses.values()))
+    sum(losses.values()).backward()
+    assert model.head.compare[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="crops per image"):
+        model(images, crops[:1].expand(3, -1, -1, -1), targets)
+    with pytest.raises(ValueError, match="one crop per image"):
+        model.eval()(images, torch.cat([crops, crops]))
 
 
 def test_hard_negative_mining_keeps_positives_and_top_negatives():

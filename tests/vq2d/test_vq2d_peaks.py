@@ -46,8 +46,27 @@ def test_peaks_closer_than_distance_keep_one_and_spikes_are_filtered():
     assert find_latest_peak(spiky, PeakParams()).fallback
 
 
+def test_sightings_at_the_ends_of_the_curve_are_peaks_only_with_pad_edges():
+    published = PeakParams(pad_edges=False)
+    until_query = _bump(np.full(60, 0.05), 20, 0.5)
+    until_query[50:] = 0.7  # in view until the last searched frame: the most recent sighting
+    ours = find_latest_peak(until_query, PeakParams())
+    assert not ours.fallback and 50 <= ours.frame <= 59
+    theirs = find_latest_peak(until_query, published)
+    assert abs(theirs.frame - 20) <= 1  # the earlier sighting, the only maximum inside the curve
+    from_start = np.full(60, 0.05)
+    from_start[:6] = 0.6  # seen when the clip starts, never again
+    assert 0 <= find_latest_peak(from_start, PeakParams()).frame <= 5
+    assert find_latest_peak(from_start, published).fallback
+    low = np.full(60, 0.1)
+    low[50:] = 0.25  # the ends count as the curve's minimum: still only 0.15 of prominence
+    assert find_latest_peak(low, PeakParams()).fallback
+    assert not find_latest_peak(low, PeakParams(prominence=0.1)).fallback
+
+
 def test_no_peak_falls_back_to_the_last_searched_frame():
     flat = np.full(40, 0.5)
+    assert find_latest_peak(flat, PeakParams(pad_edges=False)).fallback
     result = find_latest_peak(flat, PeakParams())
     assert result.fallback and result.frame == 39 and result.peaks.size == 0
     empty = find_latest_peak(np.zeros(0), PeakParams())

@@ -51,10 +51,10 @@ def test_published_group_sets_what_each_system_published(name):
     cfg = eval_config(f"published={name}")
     assert cfg.peaks.min_score == PUBLISHED[name]
     assert (cfg.peaks.kernel_size, cfg.peaks.distance, cfg.peaks.width, cfg.peaks.prominence) == (5, 25, 3, 0.2)
-    assert cfg.peaks.height is None and cfg.peaks.track_score == "constant"
+    assert cfg.peaks.height is None and cfg.peaks.track_score == "constant" and cfg.peaks.pad_edges is False
     assert cfg.tracking.name == "association" and cfg.tracking.params.association.min_score == 0.2  # lost_thresh
     default = eval_config()
-    assert default.peaks.min_score is None and default.peaks.track_score == "detection"
+    assert default.peaks.min_score is None and default.peaks.track_score == "detection" and default.peaks.pad_edges
     assert eval_config(f"published={name}", "peaks.height=0.6").peaks.height == 0.6  # the vq2d_cvpr variant
 
 

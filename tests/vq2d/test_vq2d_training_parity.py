@@ -15,7 +15,7 @@ from vq2d.data.annotations import BBox, QuerySet, VQQuery
 from vq2d.data.crops import make_visual_crop, rotate_frame_with_box, rotated_visual_crop
 from vq2d.data.frame_cache import FrameCache
 from vq2d.data.samples import build_train_samples, eval_samples, extra_reference_boxes, strict_clean_track
-from vq2d.data.train_dataset import PairMapper
+from vq2d.data.train_dataset import PairMapper, collate_pairs
 from vq2d.data.transforms import PairAugmentation
 from vq2d.engine.build import build_augmentation, model_config
 from vq2d.evaluation.detection_ap import FrameDetections, detection_ap, format_detection_ap
@@ -137,6 +137,27 @@ def test_mapper_uses_the_rotated_reference_frame_and_keeps_rotation_off_draw_fre
     assert off.reference_rotation(g1) is None and g1.random() == g2.random()
     with pytest.raises(ValueError, match="crop_rotation_mode"):
         PairAugmentation(crop_rotation_mode="sideways")
+
+
+def test_mapper_cuts_k_crops_of_different_references(tmp_path):
+    cache = FrameCache(tmp_path)
+    rng = np.random.default_rng(0)
+    for f in [*range(10, 20), 65]:
+        cache.save("clip_a", f, rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    sample = build_train_samples([_query(range(10, 20))], negatives=False, extra_references=10)[0][0]
+    assert len(sample.references) >= 4  # the visual crop + other frames of the track
+    aug = PairAugmentation(crop_rotation=None, flip_prob=0.0, brightness=None)
+    one = PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=aug)
+    four = PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=aug, crops_per_pair=4)
+    a, b = one(sample, seed=5), four(sample, seed=5)
+    assert "extra_crops" not in a and b["extra_crops"].shape == (3, 3, 32, 32)
+    assert torch.equal(a["crop"], b["crop"]) and torch.equal(a["image"], b["image"])  # k = 1's draws unchanged
+    crops = torch.cat([b["crop"][None], b["extra_crops"]])
+    assert len({c.numpy().tobytes() for c in crops}) == 4  # four different references
+    batch = collate_pairs([b, four(sample, seed=6)])
+    assert batch["crops"].shape == (8, 3, 32, 32) and torch.equal(batch["crops"][0], b["crop"])
+    with pytest.raises(ValueError, match="crops_per_pair"):
+        PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, crops_per_pair=0)
 
 
 # ---------------------------------------------------------------- extra references

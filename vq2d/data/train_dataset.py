@@ -63,13 +63,20 @@ class PairMapper:
         short_side, max_size: frames are shrunk (never enlarged) to this short / long side.
         augmentation: random flip / brightness / crop rotation; ``None`` for evaluation
             (the visual crop, never an extra reference, and no augmentation).
-    Returns (``__call__``): {"image": uint8 ``[3, H, W]``, "crop": uint8 ``[3, S, S]``,
+        crops_per_pair: k crops of the object per frame in training (k - 1 more references,
+            drawn without repeats while the sample has enough); 1: the originals.
+    Returns (``__call__``): {"image": uint8 ``[3, H, W]``, "crop": uint8 ``[3, S, S]`` (with
+        k > 1 in training also "extra_crops": uint8 ``[k - 1, 3, S, S]``),
         "boxes": float32 ``[n, 4]`` xyxy in image coordinates (n = 0 for a negative frame),
         "query", "clip_uid", "frame_number", "kind"}.
     """
 
     def __init__(self, *, cache: FrameCache, crop_size: int, short_side: int, max_size: int,
-                 augmentation: PairAugmentation | None = None, crop_context: int = CONTEXT_PX):
+                 augmentation: PairAugmentation | None = None, crop_context: int = CONTEXT_PX,
+                 crops_per_pair: int = 1):
+        if int(crops_per_pair) < 1:
+            raise ValueError(f"crops_per_pair must be >= 1, got {crops_per_pair}")
+        self.crops_per_pair = int(crops_per_pair)
         self.cache = cache
         self.crop_size = int(crop_size)
         self.crop_context = int(crop_context)
@@ -93,7 +100,8 @@ class PairMapper:
         if self.augmentation is None:
             ref = sample.references[0]
         else:
-            ref = sample.references[int(rng.integers(len(sample.references)))]
+            first = int(rng.integers(len(sample.references)))
+            ref = sample.references[first]
         angle = None if self.augmentation is None else self.augmentation.reference_rotation(rng)
         crop = self._crop(ref, image, sample, angle)
         boxes = np.zeros((0, 4), dtype=np.float32)
@@ -104,7 +112,11 @@ class PairMapper:
         if self.augmentation is not None:
             image, boxes = self.augmentation.frame(image, boxes, rng)
             crop = self.augmentation.crop(crop, rng)
-        return {
+        extra = {}
+        if self.augmentation is not None and self.crops_per_pair > 1:
+            extra["extra_crops"] = torch.from_numpy(np.stack(
+                [c.transpose(2, 0, 1) for c in self._extra_crops(sample, image, first, rng)]))
+        return {**extra,
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "crop": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
             "boxes": torch.from_numpy(boxes.astype(np.float32)),
@@ -114,6 +126,24 @@ class PairMapper:
             "kind": sample.kind,
             "clean": sample.clean,
         }
+
+
+    def _extra_crops(self, sample: TrainSample, frame_image: np.ndarray, first: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+        """k - 1 more augmented crops ``[S, S, 3]`` of other references than ``first`` (repeats
+        only when the sample has fewer than k references)."""
+        n, k = len(sample.references), self.crops_per_pair
+        others = [i for i in range(n) if i != first]
+        if len(others) >= k - 1:
+            picks = rng.choice(others, size=k - 1, replace=False)
+        else:
+            picks = rng.integers(n, size=k - 1)
+        crops = []
+        for i in picks:
+            crop = self._crop(sample.references[int(i)], frame_image, sample,
+                              self.augmentation.reference_rotation(rng))
+            crops.append(self.augmentation.crop(crop, rng))
+        return crops
 
 
 class PairDataset(Dataset):
@@ -185,11 +215,16 @@ def loader_worker_init(worker_id: int, opencv_threads: int | None = 1) -> None:
 
 
 def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mapped pairs -> {"images": list of B uint8 ``[3, H_i, W_i]``, "crops": uint8 ``[B, 3, S, S]``,
-    "targets": B dicts {"boxes": ``[n_i, 4]``}, "meta": B dicts (query, clip_uid, frame_number, kind, clean)}."""
+    """Mapped pairs -> {"images": list of B uint8 ``[3, H_i, W_i]``, "crops": uint8 ``[B, 3, S, S]``
+    (pairs with "extra_crops": ``[B * k, 3, S, S]``, image-major), "targets": B dicts {"boxes":
+    ``[n_i, 4]``}, "meta": B dicts (query, clip_uid, frame_number, kind, clean)}."""
+    crops = [torch.cat([it["crop"][None], it["extra_crops"]]) if "extra_crops" in it else it["crop"][None]
+             for it in items]
+    if len({len(c) for c in crops}) > 1:
+        raise ValueError("pairs of one batch have different numbers of crops")
     return {
         "images": [it["image"] for it in items],
-        "crops": torch.stack([it["crop"] for it in items]),
+        "crops": torch.cat(crops),
         "targets": [{"boxes": it["boxes"]} for it in items],
         "meta": [{k: it[k] for k in ("query", "clip_uid", "frame_number", "kind", "clean")} for it in items],
     }

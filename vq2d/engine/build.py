@@ -141,7 +141,8 @@ def build_mapper(cfg, cache_root: Path, train: bool) -> PairMapper:
     sizes = list(m["min_size"]) if not isinstance(m["min_size"], int) else [m["min_size"]]
     return PairMapper(cache=FrameCache(cache_root), crop_size=m["crop_size"], crop_context=m["crop_context"],
                       short_side=max(sizes) if train else sizes[-1], max_size=m["max_size"],
-                      augmentation=build_augmentation(cfg) if train else None)
+                      augmentation=build_augmentation(cfg) if train else None,
+                      crops_per_pair=int(cfg.samples.get("crops_per_pair", 1)) if train else 1)
 
 
 def start_method(cfg) -> str:

@@ -6,6 +6,14 @@ prominence=0.2[, height])``, peaks whose smoothed score is below ``min_score`` a
 (when set), and the LATEST remaining peak is chosen: the object's most recent sighting,
 not its most confident one. No peak: the last searched frame (a one-box track).
 
+``pad_edges`` (the toolkit's default; the published systems: off) searches the smoothed
+curve with its own minimum added once before frame 0 and once after the last searched
+frame, so an end counts as a descent to the curve's lowest score (prominence is still
+measured against the rest of the curve: a flat curve has no peak). Without it
+``find_peaks`` never reports a maximum at either end of the curve, so a sighting that lasts
+until the query frame (the most recent one possible) or that starts with the clip cannot be
+found: the search falls back to another peak or to the last frame.
+
 The track's confidence (``track_score``) is the toolkit's choice, not part of the peak
 search: ``detection`` (default) = the top detection score at the chosen frame, so that
 stAP/tAP rank confident answers first; ``constant`` = 1.0 for every track, as the published
@@ -33,6 +41,7 @@ class PeakParams:
     height: float | None = None  # min smoothed peak height for find_peaks (reference val: 0.6)
     min_score: float | None = None  # drop peaks whose smoothed score is lower (reference: 0.5 / 0.25)
     track_score: str = "detection"  # detection: top score at the chosen frame | constant: 1.0 (the originals)
+    pad_edges: bool = True  # the curve's minimum added at both ends: sightings at its ends are peaks (originals: False)
 
     def __post_init__(self):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -85,8 +94,10 @@ def find_latest_peak(curve: np.ndarray, params: PeakParams = PeakParams()) -> Pe
     smoothed = smooth_curve(curve, params.kernel_size)
     if smoothed.size == 0:
         return PeakResult(None, True, np.zeros(0, np.int64), smoothed)
-    peaks, _ = find_peaks(smoothed, height=params.height, distance=params.distance, width=params.width,
-                          prominence=params.prominence)
+    pad = 1 if params.pad_edges else 0
+    peaks, _ = find_peaks(np.pad(smoothed, pad, constant_values=smoothed.min()), height=params.height, distance=params.distance,
+                          width=params.width, prominence=params.prominence)
+    peaks = peaks - pad
     if params.min_score is not None:
         peaks = peaks[smoothed[peaks] >= params.min_score]
     peaks = peaks.astype(np.int64)

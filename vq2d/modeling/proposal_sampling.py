@@ -63,21 +63,24 @@ def sample_proposals(
     return boxes_out, labels_out
 
 
-def cross_batch_labels(labels_per_image: list[Tensor], cross_batch: bool = True) -> tuple[Tensor, Tensor]:
-    """Pair query i (i = image index) with the sampled ROIs of all images.
+def cross_batch_labels(labels_per_image: list[Tensor], cross_batch: bool = True,
+                       queries_per_image: int = 1) -> tuple[Tensor, Tensor]:
+    """Pair every query with the sampled ROIs of all images.
 
     Args:
-        labels_per_image: per image ``[R_i]`` labels in {0, 1} (image i is the frame of query i).
-        cross_batch: when False, query i is paired with image i's ROIs only.
+        labels_per_image: per image ``[R_i]`` labels in {0, 1}.
+        cross_batch: when False, a query is paired with its own image's ROIs only.
+        queries_per_image: k crops per image, image-major: query q belongs to image q // k.
     Returns:
-        labels: ``[B, N]`` float (N = sum R_i); 1 only where the ROI is a positive of image i.
-        valid: ``[B, N]`` bool, which pairs enter the loss.
+        labels: ``[B * k, N]`` float (N = sum R_i); 1 only where the ROI is a positive of the
+            query's own image.
+        valid: ``[B * k, N]`` bool, which pairs enter the loss.
     """
     labels = torch.cat(labels_per_image)
     image_of_roi = torch.cat(
         [torch.full_like(lab, i) for i, lab in enumerate(labels_per_image)]
     )  # [N]
-    queries = torch.arange(len(labels_per_image), device=labels.device)
+    queries = torch.arange(len(labels_per_image), device=labels.device).repeat_interleave(int(queries_per_image))
     same_image = image_of_roi[None, :] == queries[:, None]  # [B, N]
     pair_labels = (same_image & (labels[None, :] == 1)).float()
     valid = torch.ones_like(same_image) if cross_batch else same_image

@@ -7,8 +7,13 @@ and 8 with the default 4 blocks); ``compare`` is ``nn.Bilinear(hidden, hidden, 1
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+SIMILARITIES = ("bilinear", "cosine", "ncc")
 
 
 class ResidualBlock(nn.Module):
@@ -33,6 +38,17 @@ class SiameseHead(nn.Module):
         num_residual_blocks: residual blocks at the start of the projector (4).
         pooler_resolution: side of the RoIAlign / adaptive-pool output (14); informational,
             the projector accepts any spatial size.
+        similarity: "bilinear" (the originals: ``p^T A q + b``, module ``compare``) or "cosine"
+            (``exp(logit_scale) * cos(p, q) + logit_bias``: a metric the projector must learn,
+            with two scalars in place of ``A``; for training from scratch on few objects).
+        spatial_pool: side of the average pool before the first Linear (1, the originals: the
+            box's mean feature; s > 1 keeps an s x s layout of the box, ``C * s * s`` inputs).
+            "ncc": no projector; the pooled maps (after the residual blocks) are compared channel
+            by channel, normalised cross-correlation over the R x R layout (a learned template
+            matcher) and the absolute difference of the channel means (colour), and an MLP
+            ``Linear(2C, hidden) -> ReLU -> Linear(hidden, 1)`` (module ``compare``) scores the
+            ``2C`` values. The "embedding" is the normalised maps and the means, ``C * R * R + C``.
+        init_scale, init_bias: cosine only, the starting scale and bias of the logits.
     """
 
     def __init__(
@@ -42,31 +58,69 @@ class SiameseHead(nn.Module):
         hidden_size: int = 1024,
         num_residual_blocks: int = 4,
         pooler_resolution: int = 14,
+        similarity: str = "bilinear",
+        spatial_pool: int = 1,
+        init_scale: float = 10.0,
+        init_bias: float = -5.0,
     ):
         super().__init__()
         self.pooler_resolution = pooler_resolution
         self.hidden_size = hidden_size
+        self.in_channels = in_channels
+        if similarity == "ncc":
+            self.projector = nn.Sequential(*[ResidualBlock(in_channels) for _ in range(num_residual_blocks)])
+            self.compare = nn.Sequential(nn.Linear(2 * in_channels, hidden_size), nn.ReLU(inplace=True),
+                                         nn.Linear(hidden_size, 1))
+            self.similarity = similarity
+            return
         self.projector = nn.Sequential(
             *[ResidualBlock(in_channels) for _ in range(num_residual_blocks)],
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(spatial_pool),
             nn.Flatten(),
-            nn.Linear(in_channels, hidden_size),
+            nn.Linear(in_channels * spatial_pool * spatial_pool, hidden_size),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_size, hidden_size),
         )
-        self.compare = nn.Bilinear(hidden_size, hidden_size, 1)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
+        if similarity == "bilinear":
+            self.compare = nn.Bilinear(hidden_size, hidden_size, 1)
+        else:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+            self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def embed(self, features: Tensor) -> Tensor:
-        """``[N, C, R, R]`` pooled features -> ``[N, hidden]`` embeddings."""
-        return self.projector(features)
+        """``[N, C, R, R]`` pooled features -> ``[N, hidden]`` embeddings (ncc: ``[N, C*R*R + C]``)."""
+        if self.similarity != "ncc":
+            return self.projector(features)
+        x = self.projector(features).flatten(2).float()  # [N, C, R*R]
+        means = x.mean(dim=2)  # [N, C]
+        maps = F.normalize(x - means[:, :, None], dim=2)  # zero mean, unit norm per channel
+        return torch.cat([maps.flatten(1), means], dim=1)
+
+    def _ncc_logits(self, proposal_emb: Tensor, query_emb: Tensor) -> Tensor:
+        """ncc: ``[K, C*R*R + C]`` and ``[Q, C*R*R + C]`` -> ``[Q, K]`` logits."""
+        c = self.in_channels
+        p_maps, p_means = proposal_emb[:, :-c].float().unflatten(1, (c, -1)), proposal_emb[:, -c:].float()
+        q_maps, q_means = query_emb[:, :-c].float().unflatten(1, (c, -1)), query_emb[:, -c:].float()
+        corr = torch.einsum("qcs,kcs->qkc", q_maps, p_maps)  # [Q, K, C] in [-1, 1]
+        diff = (q_means[:, None, :] - p_means[None, :, :]).abs()  # [Q, K, C]
+        return self.compare(torch.cat([corr, diff], dim=2))[..., 0]
 
     def score(self, proposal_emb: Tensor, query_emb: Tensor) -> Tensor:
         """Bilinear logits for every (query, proposal) pair.
 
         ``logit[q, k] = p_k^T A q_q + b`` computed as ``q @ A^T @ p^T + b`` (one matmul chain
         instead of Q*K bilinear products).
+        Cosine: ``logit[q, k] = exp(logit_scale) * cos(p_k, q_q) + logit_bias``.
         Args: proposal_emb ``[K, hidden]``, query_emb ``[Q, hidden]``. Returns ``[Q, K]`` float32.
         """
+        if self.similarity == "ncc":
+            return self._ncc_logits(proposal_emb, query_emb)
+        if self.similarity == "cosine":
+            cos = F.normalize(query_emb.float(), dim=1) @ F.normalize(proposal_emb.float(), dim=1).transpose(0, 1)
+            return cos * self.logit_scale.exp() + self.logit_bias
         weight = self.compare.weight[0]  # A: [hidden (proposal side), hidden (query side)]
         projected = query_emb @ weight.transpose(0, 1).to(query_emb.dtype)  # [Q, hidden] = (A q)^T
         logits = projected @ proposal_emb.transpose(0, 1).to(projected.dtype)  # [Q, K]

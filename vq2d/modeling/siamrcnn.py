@@ -169,11 +169,15 @@ class SiamRCNN(nn.Module):
         x = x if x.is_floating_point() else x.float()
         return x.flip(-3) if self.input_format == "BGR" else x
 
-    def _check_pairs(self, images: list[Tensor], crops: Tensor) -> None:
+    def _check_pairs(self, images: list[Tensor], crops: Tensor, per_image: bool = False) -> int:
+        """Checks the crops; returns k, the crops per image (1 unless ``per_image`` allows more)."""
         if crops.dim() != 4 or crops.shape[1] != 3 or crops.shape[-2:] != (self.crop_size, self.crop_size):
             raise ValueError(f"crops must be [B, 3, {self.crop_size}, {self.crop_size}], got {list(crops.shape)}")
-        if len(images) != len(crops):
-            raise ValueError(f"got {len(images)} images but {len(crops)} crops: one crop per image")
+        k = len(crops) // max(len(images), 1)
+        if len(images) == 0 or len(crops) != k * len(images) or (k != 1 and not per_image):
+            what = "k crops per image (image-major)" if per_image else "one crop per image"
+            raise ValueError(f"got {len(images)} images but {len(crops)} crops: {what}")
+        return k
 
     # ----------------------------------------------------------- building blocks
     def _run_detector(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -264,14 +268,15 @@ class SiamRCNN(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, images: list[Tensor], crops: Tensor, targets: list[dict] | None = None):
-        """images: list of B ``[3, H_i, W_i]`` RGB 0..255; crops ``[B, 3, S, S]`` RGB 0..255;
+        """images: list of B ``[3, H_i, W_i]`` RGB 0..255; crops ``[B, 3, S, S]`` RGB 0..255 (in
+        training also ``[B * k, 3, S, S]``: k crops of image i's object at rows i*k .. i*k+k-1);
         targets (training): B dicts {"boxes": ``[n_i, 4]``} xyxy input coords, n_i = 0 for a
         negative frame.
 
         Training: {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg"} (weighted).
         Inference: B dicts {"boxes": ``[k, 4]``, "scores": ``[k]``} for pair (images[i], crops[i]).
         """
-        self._check_pairs(images, crops)
+        crops_per_image = self._check_pairs(images, crops, per_image=self.training)
         if not self.training:
             return self.detect_pairs(images, crops)[0]
         if targets is None or len(targets) != len(images):
@@ -287,8 +292,8 @@ class SiamRCNN(nn.Module):
             append_gt=self.append_gt,
         )
         roi_emb = self.head.embed(self._pool_rois(features, rois))  # [N, hidden]
-        logits = self.score(roi_emb, self.encode_crops(crops))  # [B, N]
-        labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives)
+        logits = self.score(roi_emb, self.encode_crops(crops))  # [B * k, N]
+        labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives, crops_per_image)
         keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
                                    as_released=self.hard_negatives_as_released)
         loss_siam = siamese_loss(logits, labels, keep, balanced=self.balanced_siam_loss)
