@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -60,7 +61,9 @@ def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
 
 
 class StepRunner:
-    """Runs a recipe's steps in order (see module docstring).
+    """Runs a recipe's steps in order (see module docstring). Steps may also run from two
+    threads at once (a recipe running two independent chains side by side, one per core):
+    the statuses stay whole lines and the step numbers unique.
 
     Args:
         output_dir: the recipe's output folder (logs/ and steps/ go there).
@@ -81,6 +84,9 @@ class StepRunner:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.results: list[StepResult] = []
         self._stamps: dict[str, str] = {}  # step -> stamp of its run (this session or reused)
+        self._lock = threading.RLock()
+        self._count = 0  # steps started or reused so far (their numbers)
+        self._open: str | None = None  # the step whose status line waits for its "ok"
 
     # paths ---------------------------------------------------------------------------------
     def log_path(self, name: str) -> Path:
@@ -90,9 +96,28 @@ class StepRunner:
         return self.output_dir / RECORDS_DIR / f"{name}.json"
 
     # running -------------------------------------------------------------------------------
-    def _say(self, text: str, end: str = "\n") -> None:
-        self.stream.write(text + end)
-        self.stream.flush()
+    def _say(self, text: str, end: str = "\n", step: str | None = None) -> None:
+        """Write a status. ``step``: the text completes that step's open line (``end=" "``
+        leaves a line open for ``step``); when another line is open, it is ended first and
+        a completing text names its step."""
+        with self._lock:
+            if step is not None and self._open == step and end == "\n":
+                self._open = None
+            else:
+                if self._open is not None:
+                    self.stream.write("\n")
+                    self._open = None
+                if step is not None and end == "\n":
+                    text = f"     {step}: {text}"
+                elif end != "\n":
+                    self._open = step
+            self.stream.write(text + end)
+            self.stream.flush()
+
+    def _number(self) -> int:
+        with self._lock:
+            self._count += 1
+            return self._count
 
     def _record(self, name: str) -> dict | None:
         try:
@@ -125,7 +150,7 @@ class StepRunner:
         self._stamps[name] = record.get("stamp")
         result = StepResult(name, float(record.get("seconds", 0.0)), True, str(self.log_path(name)))
         self.results.append(result)
-        self._say(f"[{len(self.results):2d}] {name:<28} ... done before ({result.seconds:.1f} s), skipped")
+        self._say(f"[{self._number():2d}] {name:<28} ... done before ({result.seconds:.1f} s), skipped")
         return result
 
     def _start(self, name: str, inputs: dict, clean: os.PathLike | None, prepare: Callable[[], None] | None
@@ -140,7 +165,7 @@ class StepRunner:
         self.record_path(name).unlink(missing_ok=True)
         if prepare is not None:
             prepare()
-        self._say(f"[{len(self.results) + 1:2d}] {name:<28} ...", end=" ")
+        self._say(f"[{self._number():2d}] {name:<28} ...", end=" ", step=name)
         return time.perf_counter()
 
     def _finish(self, name: str, command: list[str], inputs: dict, start: float,
@@ -152,7 +177,7 @@ class StepRunner:
         self._stamps[name] = stamp
         result = StepResult(name, seconds, False, str(self.log_path(name)))
         self.results.append(result)
-        self._say(f"ok   {seconds:7.1f} s")
+        self._say(f"ok   {seconds:7.1f} s", step=name)
         return result
 
     def tool(self, name: str, script: str, args: Sequence[str], *, outputs: Sequence[os.PathLike] = (),
@@ -182,7 +207,7 @@ class StepRunner:
             rc = subprocess.run([self.python, *command], cwd=self.cwd, env={**self.env, **(env or {})}, stdout=f,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
         if rc != 0:
-            self._say("FAILED")
+            self._say("FAILED", step=name)
             raise StepFailed(f"step {name!r} failed (exit code {rc}): {' '.join(command)}\n"
                              f"  log: {log}\n  last lines:\n{_tail(log)}")
         return self._finish(name, command, inputs, start, outputs)
@@ -200,7 +225,7 @@ class StepRunner:
         try:
             fn()
         except Exception as e:
-            self._say("FAILED")
+            self._say("FAILED", step=name)
             raise StepFailed(f"step {name!r} failed: {type(e).__name__}: {e}") from e
         return self._finish(name, command, inputs, start, outputs)
 

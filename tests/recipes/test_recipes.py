@@ -65,6 +65,32 @@ def test_step_runner_logs_reuses_and_reruns_stale_steps(workdir):
     assert [t["skipped"] for t in changed.timings()] == [False, False]
 
 
+def test_step_runner_runs_two_chains_side_by_side(workdir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, lines = workdir / "out", []
+    runner = _runner(workdir, lines)
+    slow = "import time; time.sleep(0.3)\n" + TOOL
+    (workdir / "tools" / "slow.py").write_text(slow)
+
+    def chain(tag, script):
+        for i in range(2):
+            runner.tool(f"{tag}{i}", script, [f"out={out}/{tag}{i}.txt"], outputs=[out / f"{tag}{i}.txt"],
+                        depends=[f"{tag}{i - 1}"] if i else [])
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        other = pool.submit(chain, "b", "slow.py")
+        chain("a", "write.py")
+        other.result()
+    text = "".join(lines)
+    assert sorted(r.name for r in runner.results) == ["a0", "a1", "b0", "b1"]
+    numbers = [line.split("]")[0] for line in text.splitlines() if line.startswith("[")]
+    assert sorted(numbers) == ["[ 1", "[ 2", "[ 3", "[ 4"]  # unique step numbers
+    for name in ("a0", "a1", "b0", "b1"):  # every step's "ok" is on its own line or after its own name
+        assert sum(1 for line in text.splitlines() if name in line and "ok" in line) == 1, text
+    assert all((out / f"{n}.txt").read_text() == "x\n" for n in ("a0", "a1", "b0", "b1"))
+
+
 def test_step_runner_reruns_when_an_output_was_replaced_and_says_why(workdir):
     out, lines = workdir / "out", []
     make = dict(outputs=[out / "data"])
