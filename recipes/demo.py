@@ -22,9 +22,8 @@ from recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, result
 from recipes.steps import StepRunner
 
 
-def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> tuple[dict, dict]:
-    """Train, evaluate on val, write + validate the test submission; the template-matcher
-    baseline on val. Returns (M of the detector, the baseline's metrics)."""
+def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
+    """Train, evaluate on val, write + validate the test submission. Returns M of the detector."""
     settings = vq2d_runs.DetectorSettings.from_config(cfg.vq2d)
     train_dir = out / "vq2d" / "train"
     checkpoint = vq2d_runs.train_detector(runner, "vq2d_train", settings, data_root=root, output_dir=train_dir,
@@ -41,11 +40,20 @@ def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: 
                                   depends=["vq2d_eval_test"])
     vq2d_runs.pick_pictures(val_dir, out / PICTURES_DIR, "vq2d",
                             vq2d_runs.choose_curves([val_dir], int(cfg.pictures.curves)))
+    return vq2d_runs.detector_metrics(train_dir, val_dir, vq2d_runs.annotations_path(root, "val"))
+
+
+def run_baseline(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
+    """The template-matcher baseline (no training) on val; returns its metrics."""
     baseline = vq2d_runs.template_match(runner, "vq2d_template_match", data_root=root, split="val",
                                         output_dir=out / "vq2d" / "template_match", workers=int(cfg.vq2d.workers),
                                         depends=[data_step])
-    return (vq2d_runs.detector_metrics(train_dir, val_dir, vq2d_runs.annotations_path(root, "val")),
-            read_json(baseline / vq2d_runs.METRICS_FILE))
+    return read_json(baseline / vq2d_runs.METRICS_FILE)
+
+
+def run_side_chain(runner: StepRunner, cfg: Any, **paths) -> tuple[dict, dict]:
+    """What does not need the detector: NLQ (R), then the VQ2D baseline (its metrics)."""
+    return run_nlq(runner, cfg, **paths), run_baseline(runner, cfg, **paths)
 
 
 def run_nlq(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: str) -> dict:
@@ -76,14 +84,14 @@ def run_demo(cfg: Any) -> dict:
     ``{"vq2d": M, "nlq": R, "seconds": total}`` (also written to OUT/results.json)."""
     run = RecipeRun.begin("demo", cfg)
     paths = dict(root=run.root, out=run.out, data_step=run.data_step)
-    if cfg.get("parallel", False):  # the NLQ chain on the core that VQ2D training leaves idle
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlq") as pool:
-            nlq_future = pool.submit(run_nlq, run.runner, cfg, **paths)
-            vq2d, baseline = run_vq2d(run.runner, cfg, **paths)
-            nlq = nlq_future.result()
+    if cfg.get("parallel", False):  # NLQ + baseline on the core that VQ2D training leaves idle
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as pool:
+            side = pool.submit(run_side_chain, run.runner, cfg, **paths)
+            vq2d = run_vq2d(run.runner, cfg, **paths)
+            nlq, baseline = side.result()
     else:
-        vq2d, baseline = run_vq2d(run.runner, cfg, **paths)
-        nlq = run_nlq(run.runner, cfg, **paths)
+        vq2d = run_vq2d(run.runner, cfg, **paths)
+        nlq, baseline = run_side_chain(run.runner, cfg, **paths)
     results = run.finish(vq2d, nlq, vq2d_template_matcher=baseline)
     write_demo_report(cfg, run.out, results, run.runner.timings(), read_json(run.out / DATA_SUMMARY))
     return results
