@@ -218,6 +218,23 @@ def test_training_losses_are_finite_and_backprop():
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_channels_last_model_gives_the_same_losses_and_state():
+    model = tiny_model(head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16}).train()
+    images, crops, targets = frames_and_crops()
+    torch.manual_seed(3)
+    plain = model(images, crops, targets)
+    nhwc = tiny_model(head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16}).train()
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    assert nhwc.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(3)
+    other = nhwc(images, crops, targets)
+    for name in plain:
+        torch.testing.assert_close(other[name], plain[name], rtol=1e-4, atol=1e-5)
+    fresh = tiny_model(seed=5, head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16})
+    fresh.load_state_dict(nhwc.state_dict())  # checkpoints do not depend on the layout
+    torch.testing.assert_close(fresh.backbone.body.conv1.weight, model.backbone.body.conv1.weight)
+
+
 def test_all_negative_batch_trains_with_zero_labels(monkeypatch):
     import vq2d.modeling.siamrcnn as siamrcnn
 

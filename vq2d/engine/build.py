@@ -192,8 +192,12 @@ def model_config(cfg) -> dict[str, Any]:
 
 
 def build_training_model(cfg) -> SiamRCNN:
-    """The model of ``cfg.model``, initialised from ``model.weights`` (local file) or at random."""
-    return build_model(model_config(cfg))
+    """The model of ``cfg.model``, initialised from ``model.weights`` (local file) or at random;
+    with ``cfg.channels_last`` its parameters in channels-last (NHWC) memory order."""
+    model = build_model(model_config(cfg))
+    if bool(cfg.get("channels_last", False)):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def inference_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
