@@ -5,7 +5,8 @@ DataLoader workers, augmentation) and ``train_one_iteration``.
     python benchmarks/bench_train_vq2d.py [--data-root DIR] [--configs tiny,r50] [--iters 20] [--device cpu]
 
 On a CPU it also measures ``tiny_before``, the tiny preset as it was before 2026-11-29
-(ResNet-18 at width 64 with BatchNorm, frames at 128-160 px, crops with 16 px of context),
+(ResNet-18 at width 64 with BatchNorm, frames at 128-160 px, crops with 16 px of context,
+the bilinear head, one crop per frame, contiguous NCHW parameters),
 in the same run, and prints the speed-up of the preset over it (docs/vq2d.md#tiny-preset).
 
 Without ``--data-root`` a small synthetic set is generated in a temporary folder first. The
@@ -34,7 +35,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq2d"
 TARGETS = {("tiny", "cpu"): 8.0, ("r50", "cuda"): 40.0, ("tiny", "cuda"): 200.0, ("r50", "cpu"): 0.5,
            ("tiny_before", "cpu"): 1.0, ("tiny_before", "cuda"): 1.0}  # tiny_before: a reference, no target
 TINY_BEFORE = ["model.width=64", "model.fpn_channels=64", "model.group_norm=0", "model.min_size=[128,144,160]",
-               "model.max_size=256", "model.crop_context=16"]
+               "model.max_size=256", "model.crop_context=16", "model.head.similarity=bilinear",
+               "samples.crops_per_pair=1", "channels_last=false"]
 OVERRIDES = {
     "tiny": ["preset=tiny"],
     "tiny_before": ["preset=tiny", *TINY_BEFORE],
