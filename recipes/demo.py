@@ -9,7 +9,7 @@ table on stdout and ``OUT/README.md``.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +83,9 @@ def run_demo(cfg: Any) -> dict:
     """Run the demo recipe (module docstring) as ``cfg`` (configs/demo.yaml) says; returns
     ``{"vq2d": M, "nlq": R, "seconds": total}`` (also written to OUT/results.json)."""
     run = RecipeRun.begin("demo", cfg)
-    paths = dict(root=run.root, out=run.out, data_step=run.data_step)
-    if cfg.get("parallel", False):  # NLQ + baseline on the core that VQ2D training leaves idle
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as pool:
-            side = pool.submit(run_side_chain, run.runner, cfg, **paths)
-            vq2d = run_vq2d(run.runner, cfg, **paths)
-            nlq, baseline = side.result()
-    else:
-        vq2d = run_vq2d(run.runner, cfg, **paths)
-        nlq, baseline = run_side_chain(run.runner, cfg, **paths)
+    # NLQ + baseline on the core that VQ2D training leaves idle (configs/demo.yaml parallel)
+    vq2d, (nlq, baseline) = run.side_by_side(partial(run_vq2d, cfg=cfg), partial(run_side_chain, cfg=cfg),
+                                             parallel=bool(cfg.get("parallel", False)))
     results = run.finish(vq2d, nlq, vq2d_template_matcher=baseline)
     write_demo_report(cfg, run.out, results, run.runner.timings(), read_json(run.out / DATA_SUMMARY))
     return results

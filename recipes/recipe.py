@@ -4,9 +4,10 @@ step timings."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from episodic.io import atomic_write_json
 from recipes.data import SUMMARY_FILE, generate
@@ -39,6 +40,20 @@ class RecipeRun:
                              synthetic=cfg.get("synthetic"))
         publish(root / SUMMARY_FILE, out / DATA_SUMMARY)
         return cls(root, out, runner, data_step, start)
+
+    def side_by_side(self, main: Callable[..., Any], side: Callable[..., Any], parallel: bool) -> tuple[Any, Any]:
+        """Run two independent chains of steps; returns ``(main's result, side's result)``. Each
+        is called as ``f(self.runner, root=..., out=..., data_step=...)``. With ``parallel``,
+        ``side`` runs in a second thread while ``main`` runs here (VQ2D training keeps one core
+        busy and leaves the other mostly idle); otherwise one after the other. A failure is
+        raised only after the other chain has ended (``main``'s first when both fail)."""
+        paths = dict(root=self.root, out=self.out, data_step=self.data_step)
+        if not parallel:
+            return main(self.runner, **paths), side(self.runner, **paths)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as pool:
+            other = pool.submit(side, self.runner, **paths)
+            first = main(self.runner, **paths)
+            return first, other.result()
 
     def finish(self, vq2d: Any, nlq: Any, **extra: Any) -> dict:
         """Write and return ``{"vq2d": vq2d, "nlq": nlq, **extra, "seconds": total}``

@@ -16,7 +16,7 @@ shows, and the pictures. Numbers are reported as they come out.
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -250,15 +250,9 @@ def run_reproduce(cfg: Any) -> dict:
     """Run the reproduce recipe (module docstring) as ``cfg`` (configs/reproduce.yaml) says;
     returns the results dict also written to OUT/results.json."""
     run = RecipeRun.begin("reproduce", cfg)
-    paths = dict(root=run.root, out=run.out, data_step=run.data_step)
-    if cfg.get("parallel", False):  # the NLQ trainings on the core that VQ2D training leaves idle
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlq") as pool:
-            nlq_future = pool.submit(run_nlq, run.runner, cfg, **paths)
-            vq2d, vq2d_dirs = run_vq2d(run.runner, cfg, **paths)
-            nlq, nlq_dirs = nlq_future.result()
-    else:
-        vq2d, vq2d_dirs = run_vq2d(run.runner, cfg, **paths)
-        nlq, nlq_dirs = run_nlq(run.runner, cfg, **paths)
+    # the NLQ trainings on the core that VQ2D training leaves idle (configs/reproduce.yaml parallel)
+    (vq2d, vq2d_dirs), (nlq, nlq_dirs) = run.side_by_side(partial(run_vq2d, cfg=cfg), partial(run_nlq, cfg=cfg),
+                                                          parallel=bool(cfg.get("parallel", False)))
     results = run.finish(vq2d, nlq)
     write_reproduce_report(cfg, run.out, results, run.runner.timings(), vq2d_dirs, nlq_dirs)
     return results

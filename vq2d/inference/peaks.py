@@ -95,8 +95,9 @@ def find_latest_peak(curve: np.ndarray, params: PeakParams = PeakParams()) -> Pe
     if smoothed.size == 0:
         return PeakResult(None, True, np.zeros(0, np.int64), smoothed)
     pad = 1 if params.pad_edges else 0
-    peaks, _ = find_peaks(np.pad(smoothed, pad, constant_values=smoothed.min()), height=params.height, distance=params.distance,
-                          width=params.width, prominence=params.prominence)
+    searched = np.pad(smoothed, pad, constant_values=smoothed.min())  # [T + 2 * pad]
+    peaks, _ = find_peaks(searched, height=params.height, distance=params.distance, width=params.width,
+                          prominence=params.prominence)
     peaks = peaks - pad
     if params.min_score is not None:
         peaks = peaks[smoothed[peaks] >= params.min_score]

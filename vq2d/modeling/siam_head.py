@@ -38,16 +38,18 @@ class SiameseHead(nn.Module):
         num_residual_blocks: residual blocks at the start of the projector (4).
         pooler_resolution: side of the RoIAlign / adaptive-pool output (14); informational,
             the projector accepts any spatial size.
-        similarity: "bilinear" (the originals: ``p^T A q + b``, module ``compare``) or "cosine"
-            (``exp(logit_scale) * cos(p, q) + logit_bias``: a metric the projector must learn,
-            with two scalars in place of ``A``; for training from scratch on few objects).
-        spatial_pool: side of the average pool before the first Linear (1, the originals: the
-            box's mean feature; s > 1 keeps an s x s layout of the box, ``C * s * s`` inputs).
-            "ncc": no projector; the pooled maps (after the residual blocks) are compared channel
+        similarity: how a proposal and a query are compared.
+            "bilinear" (the originals): ``p^T A q + b``, module ``compare``.
+            "cosine": ``exp(logit_scale) * cos(p, q) + logit_bias``, a metric the projector must
+            learn, with two scalars in place of ``A``.
+            "ncc": no projector after the residual blocks; the pooled maps are compared channel
             by channel, normalised cross-correlation over the R x R layout (a learned template
             matcher) and the absolute difference of the channel means (colour), and an MLP
             ``Linear(2C, hidden) -> ReLU -> Linear(hidden, 1)`` (module ``compare``) scores the
             ``2C`` values. The "embedding" is the normalised maps and the means, ``C * R * R + C``.
+        spatial_pool: side of the average pool before the first Linear (1, the originals: the
+            box's mean feature; s > 1 keeps an s x s layout of the box, ``C * s * s`` inputs);
+            not used by "ncc".
         init_scale, init_bias: cosine only, the starting scale and bias of the logits.
     """
 
@@ -67,23 +69,23 @@ class SiameseHead(nn.Module):
         self.pooler_resolution = pooler_resolution
         self.hidden_size = hidden_size
         self.in_channels = in_channels
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
+        blocks = [ResidualBlock(in_channels) for _ in range(num_residual_blocks)]
         if similarity == "ncc":
-            self.projector = nn.Sequential(*[ResidualBlock(in_channels) for _ in range(num_residual_blocks)])
+            self.projector = nn.Sequential(*blocks)
             self.compare = nn.Sequential(nn.Linear(2 * in_channels, hidden_size), nn.ReLU(inplace=True),
                                          nn.Linear(hidden_size, 1))
-            self.similarity = similarity
             return
         self.projector = nn.Sequential(
-            *[ResidualBlock(in_channels) for _ in range(num_residual_blocks)],
+            *blocks,
             nn.AdaptiveAvgPool2d(spatial_pool),
             nn.Flatten(),
             nn.Linear(in_channels * spatial_pool * spatial_pool, hidden_size),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_size, hidden_size),
         )
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        self.similarity = similarity
         if similarity == "bilinear":
             self.compare = nn.Bilinear(hidden_size, hidden_size, 1)
         else:
