@@ -7,7 +7,8 @@ DataLoader workers, augmentation) and ``train_one_iteration``.
 On a CPU it also measures ``tiny_before``, the tiny preset as it was before 2026-11-29
 (ResNet-18 at width 64 with BatchNorm, frames at 128-160 px, crops with 16 px of context,
 the bilinear head, one crop per frame, contiguous NCHW parameters),
-in the same run, and prints the speed-up of the preset over it (docs/vq2d.md#tiny-preset).
+in the same run, and prints the speed-up of the preset over it (docs/vq2d.md#tiny-preset);
+``--configs tiny,tiny_nchw`` measures the preset with and without ``channels_last``.
 
 Without ``--data-root`` a small synthetic set is generated in a temporary folder first. The
 R50 model starts from random weights (speed does not depend on them). The last line reads
@@ -33,13 +34,15 @@ from vq2d.engine.trainer import train_one_iteration
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq2d"
 TARGETS = {("tiny", "cpu"): 8.0, ("r50", "cuda"): 40.0, ("tiny", "cuda"): 200.0, ("r50", "cpu"): 0.5,
-           ("tiny_before", "cpu"): 1.0, ("tiny_before", "cuda"): 1.0}  # tiny_before: a reference, no target
+           ("tiny_before", "cpu"): 1.0, ("tiny_before", "cuda"): 1.0,  # tiny_before: a reference, no target
+           ("tiny_nchw", "cpu"): 1.0, ("tiny_nchw", "cuda"): 1.0}  # tiny_nchw: a reference, no target
 TINY_BEFORE = ["model.width=64", "model.fpn_channels=64", "model.group_norm=0", "model.min_size=[128,144,160]",
                "model.max_size=256", "model.crop_context=16", "model.head.similarity=bilinear",
                "samples.crops_per_pair=1", "channels_last=false"]
 OVERRIDES = {
     "tiny": ["preset=tiny"],
     "tiny_before": ["preset=tiny", *TINY_BEFORE],
+    "tiny_nchw": ["preset=tiny", "channels_last=false"],  # the preset with contiguous NCHW parameters
     "r50": ["preset=improved", "model.weights.format=none"],
 }
 
@@ -99,6 +102,9 @@ def main() -> None:
             batch = None if name.startswith("tiny") else (8 if device == "cuda" else 2)  # r50: 8 per GPU (64 / 8 GPUs)
             rates[name] = measure(name, root, device, iters, args.warmup, batch, args.workers)
     main_name = "r50" if device == "cuda" and "r50" in rates else names[0]
+    if "tiny" in rates and "tiny_nchw" in rates:
+        print(f"channels_last: {rates['tiny']:.2f} images/s, NCHW: {rates['tiny_nchw']:.2f} images/s, "
+              f"speed-up {rates['tiny'] / rates['tiny_nchw']:.2f}x", flush=True)
     if "tiny" in rates and "tiny_before" in rates:
         print(f"tiny preset: {rates['tiny']:.2f} images/s, before: {rates['tiny_before']:.2f} images/s, "
               f"speed-up {rates['tiny'] / rates['tiny_before']:.2f}x", flush=True)
