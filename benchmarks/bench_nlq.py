@@ -2,12 +2,14 @@
 
     python benchmarks/bench_nlq.py [--threads N] [--max-len 128] [--train-batch 32] [--eval-batch 64]
     python benchmarks/bench_nlq.py --minutes 8 30 [--train-batch 2] [--eval-batch 8]
+    python benchmarks/bench_nlq.py --device cuda [--minutes 8 30]
 
 Random inputs in the batch contract of nlq.models: ``--max-len`` video steps (features
 already pooled), SlowFast-size features (2304; ReLER also a 768-d CLIP set), queries of
 ~8 words through the learned word + char-CNN encoder. A training step = forward, backward,
 gradient clipping and an AdamW step; inference = tokenisation, forward and top-5 window
-decoding, in fp32 and under bf16 autocast. The last line reads
+decoding, in fp32 and under bf16 autocast. ``--device cuda`` runs model and batch on the GPU
+(timings synchronised; peak memory then is the GPU's peak allocation). The last line reads
 ``ratio=<faster VSLNet inference queries/s / 200>`` (target >= 1).
 
 ``--minutes``: clips of that many minutes of 1.875 Hz features (8 min: 900 steps, 30 min: 3375).
@@ -30,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nlq.engine.build import build_nlq_model
-from nlq.engine.inference import autocast
+from nlq.engine.inference import autocast, move_to_device
 from nlq.engine.optim import build_optimizer
 
 TARGET_QUERIES_PER_S = 200.0
@@ -75,66 +77,84 @@ def build(name: str, max_len: int) -> torch.nn.Module:
                            sum(FEATURE_DIMS[name]), train_texts=random_queries(generator, 500))
 
 
-def time_training(model, name: str, max_len: int, batch_size: int, steps: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_training(model, name: str, max_len: int, batch_size: int, steps: int,
+                  device: torch.device = torch.device("cpu")) -> float:
     """Training steps per second (after 2 warm-up steps)."""
     generator = torch.Generator().manual_seed(1)
     optimizer = build_optimizer(model, 1e-4, 0.01)
     batch, _ = make_batch(model, FEATURE_DIMS[name], batch_size, max_len, generator, labels=True)
+    batch = move_to_device(batch, device)
     model.train()
     for i in range(steps + 2):
         if i == 2:
+            _sync(device)
             start = time.perf_counter()
         loss = model(batch)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+    _sync(device)
     return steps / (time.perf_counter() - start)
 
 
-def time_inference(model, name: str, max_len: int, batch_size: int, steps: int, amp) -> float:
+def time_inference(model, name: str, max_len: int, batch_size: int, steps: int, amp,
+                   device: torch.device = torch.device("cpu")) -> float:
     """Inference queries per second (tokenisation, forward, decoding; after 2 warm-up batches)."""
     generator = torch.Generator().manual_seed(2)
     batch, queries = make_batch(model, FEATURE_DIMS[name], batch_size, max_len, generator, labels=False)
+    batch = move_to_device(batch, device)
     model.eval()
-    with torch.inference_mode(), autocast(torch.device("cpu"), amp):
+    with torch.inference_mode(), autocast(device, amp):
         for i in range(steps + 2):
             if i == 2:
+                _sync(device)
                 start = time.perf_counter()
-            batch["text"] = model.text_encoder.tokenize(queries)
+            batch["text"] = move_to_device({"text": model.text_encoder.tokenize(queries)}, device)["text"]
             results = model(batch)
+        _sync(device)
     assert len(results) == batch_size and len(results[0]["windows"]) == 5
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def bench_model(name: str, max_len: int, train_batch: int, eval_batch: int, steps: int) -> dict[str, float]:
-    model = build(name, max_len)
-    train_steps = time_training(model, name, max_len, train_batch, steps)
-    speeds = {amp: time_inference(model, name, max_len, eval_batch, steps, amp) for amp in (False, "bf16")}
+def bench_model(name: str, max_len: int, train_batch: int, eval_batch: int, steps: int,
+                device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    model = build(name, max_len).to(device)
+    train_steps = time_training(model, name, max_len, train_batch, steps, device)
+    speeds = {amp: time_inference(model, name, max_len, eval_batch, steps, amp, device) for amp in (False, "bf16")}
     return {"train_steps_per_s": train_steps, "train_queries_per_s": train_steps * train_batch,
             "inference_queries_per_s": speeds[False], "inference_queries_per_s_bf16": speeds["bf16"]}
 
 
-def _peak_mib() -> float:
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _phase(name: str, length: int, phase: str, batch_size: int, steps: int, threads: int | None) -> dict:
-    """One (model, input length, phase) in this process: speed and the rise of the peak RSS."""
+def _phase(name: str, length: int, phase: str, batch_size: int, steps: int, threads: int | None,
+           device_name: str = "cpu") -> dict:
+    """One (model, input length, phase) in this process: speed and the rise of the peak memory."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(name, length)
-    before = _peak_mib()
+    device = torch.device(device_name)
+    model = build(name, length).to(device)
+    before = _peak_mib(device)
     if phase == "train":
-        speed = time_training(model, name, length, batch_size, steps)
+        speed = time_training(model, name, length, batch_size, steps, device)
     else:
-        speed = time_inference(model, name, length, batch_size, steps, False)
-    return {"speed": speed, "peak_mib": _peak_mib() - before}
+        speed = time_inference(model, name, length, batch_size, steps, False, device)
+    return {"speed": speed, "peak_mib": _peak_mib(device) - before}
 
 
 def bench_lengths(minutes: list[float], names: list[str], train_batch: int, eval_batch: int, steps: int,
-                  threads: int | None) -> dict:
+                  threads: int | None, device: str = "cpu") -> dict:
     """{(name, minutes): {"steps", "input_steps", "train_steps_per_s", "inference_queries_per_s", "*_peak_mib"}}."""
     context = multiprocessing.get_context("spawn")
     out = {}
@@ -146,7 +166,7 @@ def bench_lengths(minutes: list[float], names: list[str], train_batch: int, eval
             row = {"steps": clip_steps, "input_steps": length}
             for phase, batch_size in (("train", train_batch), ("inference", eval_batch)):
                 with context.Pool(1) as pool:
-                    r = pool.apply(_phase, (name, length, phase, batch_size, steps, threads))
+                    r = pool.apply(_phase, (name, length, phase, batch_size, steps, threads, device))
                 key = "train_steps_per_s" if phase == "train" else "inference_queries_per_s"
                 row[key], row[f"{phase}_peak_mib"] = r["speed"], r["peak_mib"]
             out[(name, m)] = row
@@ -167,15 +187,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vslnet", "reler", "snag"], choices=sorted(FEATURE_DIMS))
     parser.add_argument("--minutes", nargs="+", type=float, default=None,
                         help="clip lengths in minutes (e.g. 8 30): speed and peak memory per length (module doc)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "CPU"
+
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.minutes:
-        print(f"CPU, {torch.get_num_threads()} threads, clips of {args.minutes} minutes, train batch "
+        print(f"{where}, {torch.get_num_threads()} threads, clips of {args.minutes} minutes, train batch "
               f"{args.train_batch}, eval batch {args.eval_batch}")
         rows = bench_lengths(sorted(args.minutes), args.models, args.train_batch, args.eval_batch, args.steps,
-                             args.threads)
+                             args.threads, args.device)
         if "snag" in args.models and len(args.minutes) > 1:
             short, long = rows[("snag", min(args.minutes))], rows[("snag", max(args.minutes))]
             growth = short["inference_queries_per_s"] / long["inference_queries_per_s"]
@@ -183,11 +207,11 @@ def main() -> None:
                   "the steps")
             print(f"ratio={growth / (long['steps'] / short['steps']):.2f}")
         return
-    print(f"CPU, {torch.get_num_threads()} threads, max_len {args.max_len}, train batch {args.train_batch}, "
+    print(f"{where}, {torch.get_num_threads()} threads, max_len {args.max_len}, train batch {args.train_batch}, "
           f"eval batch {args.eval_batch}")
     results = {}
     for name in args.models:
-        results[name] = r = bench_model(name, args.max_len, args.train_batch, args.eval_batch, args.steps)
+        results[name] = r = bench_model(name, args.max_len, args.train_batch, args.eval_batch, args.steps, device)
         print(f"{name}: train {r['train_steps_per_s']:.2f} steps/s ({r['train_queries_per_s']:.0f} queries/s), "
               f"inference {r['inference_queries_per_s']:.0f} queries/s fp32, "
               f"{r['inference_queries_per_s_bf16']:.0f} queries/s bf16 autocast")
