@@ -16,7 +16,7 @@ from typing import Any
 from episodic.errors import DataError
 from episodic.io import read_json
 from recipes import nlq_runs, vq2d_runs
-from recipes.recipe import DATA_SUMMARY, RecipeRun
+from recipes.recipe import DATA_SUMMARY, RecipeRun, run_together
 from recipes.report import (PICTURES_DIR, bar_chart, nlq_panels, publish, results_tables, vq2d_panels,
                                      write_readme)
 from recipes.steps import StepRunner
@@ -29,11 +29,14 @@ def run_vq2d(runner: StepRunner, cfg: Any, *, root: Path, out: Path, data_step: 
     checkpoint = vq2d_runs.train_detector(runner, "vq2d_train", settings, data_root=root, output_dir=train_dir,
                                           negatives=bool(cfg.vq2d.negatives), seed=int(cfg.seed),
                                           depends=[data_step])
-    val_dir = vq2d_runs.evaluate_detector(runner, "vq2d_eval_val", settings, checkpoint=checkpoint, data_root=root,
-                                          split="val", output_dir=out / "vq2d" / "eval_val", depends=["vq2d_train"])
-    test_dir = vq2d_runs.evaluate_detector(runner, "vq2d_eval_test", settings, checkpoint=checkpoint,
-                                           data_root=root, split="test_unannotated",
-                                           output_dir=out / "vq2d" / "eval_test", depends=["vq2d_train"])
+    evaluate = partial(vq2d_runs.evaluate_detector, runner, settings=settings, checkpoint=checkpoint,
+                       data_root=root, depends=["vq2d_train"])
+    # val and test side by side (configs/demo.yaml parallel): two single-process evaluations share
+    # the 2 cores better than one pool after the other (each pool pays its own start-up)
+    val_dir, test_dir = run_together(
+        [partial(evaluate, "vq2d_eval_val", split="val", output_dir=out / "vq2d" / "eval_val"),
+         partial(evaluate, "vq2d_eval_test", split="test_unannotated", output_dir=out / "vq2d" / "eval_test")],
+        parallel=bool(cfg.get("parallel", False)))
     submission = publish(test_dir / vq2d_runs.SUBMISSION_FILE, out / "vq2d_submission.json")
     vq2d_runs.validate_submission(runner, "vq2d_validate_submission", submission=submission,
                                   annotations=vq2d_runs.annotations_path(root, "test_unannotated"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,12 +49,9 @@ class RecipeRun:
         busy and leaves the other mostly idle); otherwise one after the other. A failure is
         raised only after the other chain has ended (``main``'s first when both fail)."""
         paths = dict(root=self.root, out=self.out, data_step=self.data_step)
-        if not parallel:
-            return main(self.runner, **paths), side(self.runner, **paths)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="side") as pool:
-            other = pool.submit(side, self.runner, **paths)
-            first = main(self.runner, **paths)
-            return first, other.result()
+        first, second = run_together([partial(main, self.runner, **paths), partial(side, self.runner, **paths)],
+                                     parallel=parallel)
+        return first, second
 
     def finish(self, vq2d: Any, nlq: Any, **extra: Any) -> dict:
         """Write and return ``{"vq2d": vq2d, "nlq": nlq, **extra, "seconds": total}``
@@ -62,3 +60,21 @@ class RecipeRun:
         atomic_write_json(self.out / RESULTS_FILE, results, indent=2)
         atomic_write_json(self.out / TIMINGS_FILE, self.runner.timings(), indent=1)
         return results
+
+
+def run_together(calls: list[Callable[[], Any]], parallel: bool) -> list[Any]:
+    """Call each of ``calls`` (independent chains of steps of one thread-safe StepRunner) and
+    return their results in order: with ``parallel`` the first here and each other one in a
+    thread of its own, else one after the other. A failure is raised only after every chain
+    has ended (the first failing chain's, in the order of ``calls``)."""
+    if not parallel or len(calls) < 2:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="side") as pool:
+        others = [pool.submit(call) for call in calls[1:]]
+        try:
+            first = calls[0]()
+        except BaseException:
+            for other in others:  # let the other chains end first
+                other.exception()
+            raise
+        return [first, *(other.result() for other in others)]

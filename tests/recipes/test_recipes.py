@@ -91,6 +91,39 @@ def test_step_runner_runs_two_chains_side_by_side(workdir):
     assert all((out / f"{n}.txt").read_text() == "x\n" for n in ("a0", "a1", "b0", "b1"))
 
 
+def test_run_together_keeps_the_order_runs_at_once_and_waits_before_raising():
+    import threading
+    import time
+
+    from recipes.recipe import run_together
+
+    started, ended = [], []
+
+    def chain(tag, wait=0.0, fail=False):
+        def run():
+            started.append((tag, threading.current_thread().name))
+            time.sleep(wait)
+            ended.append(tag)
+            if fail:
+                raise RuntimeError(f"{tag} failed")
+            return tag
+        return run
+
+    t0 = time.perf_counter()
+    assert run_together([chain("a", 0.3), chain("b", 0.3), chain("c", 0.3)], parallel=True) == ["a", "b", "c"]
+    assert time.perf_counter() - t0 < 0.8  # three 0.3 s chains at once, not 0.9 s
+    assert len({name for _, name in started}) == 3
+    started.clear()
+    assert run_together([chain("a"), chain("b")], parallel=False) == ["a", "b"]
+    assert len({name for _, name in started}) == 1  # one after the other, here
+    ended.clear()
+    with pytest.raises(RuntimeError, match="a failed"):
+        run_together([chain("a", fail=True), chain("b", 0.3)], parallel=True)
+    assert ended == ["a", "b"]  # the failure surfaced only after the other chain ended
+    with pytest.raises(RuntimeError, match="b failed"):
+        run_together([chain("a"), chain("b", fail=True)], parallel=True)
+
+
 def test_step_runner_reruns_when_an_output_was_replaced_and_says_why(workdir):
     out, lines = workdir / "out", []
     make = dict(outputs=[out / "data"])

@@ -359,3 +359,59 @@ def test_build_model_rejects_unknown_keys():
         build_model({"depth": 18, "rpn": {"nms_thres": 0.7}})
     with pytest.raises(ValueError, match="crops must be"):
         tiny_model().eval()([torch.rand(3, 64, 64)], torch.rand(1, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------- box refinement
+def test_box_head_is_off_by_default_and_absent_from_the_state_dict():
+    for name in ("r18_fpn", "r50_fpn", "r50_fpn_detectron2"):
+        assert model_config(name)["box_head"]["enabled"] is False
+    assert tiny_model().box_head is None
+    assert not any(k.startswith("box_head.") for k in tiny_model().state_dict())
+
+
+def test_box_head_loss_matches_the_fast_rcnn_definition_by_hand():
+    from vq2d.modeling.box_head import BoxRefineHead
+
+    head = BoxRefineHead(in_channels=2, resolution=2, hidden_size=4)
+    rois = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 50.0, 50.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    labels = [torch.tensor([1, 0]), torch.tensor([0])]
+    gt = [torch.tensor([[1.0, 0.0, 11.0, 10.0]]), torch.zeros(0, 4)]  # image 2: a negative frame
+    deltas = torch.zeros(3, 4)
+    # roi 0 (centre 5, 5, size 10) -> GT (centre 6, 5, size 10): dx = 10 * 1 / 10 = 1, the rest 0
+    loss = head.loss(deltas, rois, labels, gt)
+    assert torch.isclose(loss, torch.tensor((1.0 - 0.5 / 9.0) / 3.0))  # smooth L1 (beta 1/9), / 3 ROIs
+    exact = torch.tensor([[1.0, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0], [9.0, 9.0, 9.0, 9.0]])
+    assert head.loss(exact, rois, labels, gt) == 0  # only positives count
+    none = head.loss(deltas.requires_grad_(), rois, [torch.tensor([0, 0]), torch.tensor([0])], gt)
+    assert none == 0 and none.requires_grad
+    refined = head.refine(exact[:1], rois[0][:1], (100, 100))
+    torch.testing.assert_close(refined, gt[0])  # the deltas decode back to the GT box
+    assert head.refine(torch.tensor([[0.0, 0.0, 5.0, 0.0]]), rois[0][:1], (8, 100))[0, 3] == 8  # clipped
+
+
+def test_box_head_trains_and_refines_the_answer_boxes():
+    model = tiny_model(box_head={"enabled": True, "hidden_size": 16}).train()
+    assert {k.split(".")[1] for k in model.state_dict() if k.startswith("box_head.")} == {"fc1", "fc2", "deltas"}
+    images, crops, targets = frames_and_crops()
+    losses = model(images, crops, targets)
+    assert set(losses) == {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg", "loss_box_reg"}
+    assert losses["loss_box_reg"] > 0  # the appended GT box and its neighbours are positives
+    sum(losses.values()).backward()
+    assert model.box_head.fc1.weight.grad.abs().sum() > 0
+    names = {g["name"]: g for g in model.param_groups(lr_head=0.02, lr_backbone=0.002, weight_decay=0.0)}
+    assert sum(p.numel() for p in names["head"]["params"]) == (
+        sum(p.numel() for p in model.head.parameters()) + sum(p.numel() for p in model.box_head.parameters()))
+    model.eval()
+    with torch.no_grad():
+        plain = model.extract_frames(images)
+        model.box_head.deltas.bias.copy_(torch.tensor([0.0, 0.0, 1.0, 0.0]))  # dw = 1 / 5: width x e^0.2
+        model.box_head.deltas.weight.zero_()
+        wider = model.extract_frames(images)
+    for before, after, image in zip(plain.boxes, wider.boxes, images):
+        width = lambda b: b[:, 2] - b[:, 0]
+        inside = (after[:, 0] > 0.5) & (after[:, 2] < image.shape[-1] - 0.5)  # not clipped
+        assert inside.any()
+        torch.testing.assert_close(width(after)[inside], width(before)[inside] * torch.exp(torch.tensor(0.2)),
+                                   rtol=2e-2, atol=0.0)
+    for e_plain, e_wide in zip(plain.embeddings, wider.embeddings):
+        torch.testing.assert_close(e_plain, e_wide)  # the proposals' embeddings, not the refined boxes'

@@ -11,6 +11,7 @@ from typing import Any
 
 from episodic.errors import DataError
 from vq2d.modeling.backbone import build_resnet_fpn_backbone
+from vq2d.modeling.box_head import BoxRefineHead
 from vq2d.modeling.rpn import build_rpn
 from vq2d.modeling.siam_head import SiameseHead
 from vq2d.modeling.siamrcnn import SiamRCNN
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "init_scale": 10.0,
         "init_bias": -5.0,
     },
+    "box_head": {"enabled": False, "hidden_size": 256, "detach_features": False},
     "rois_per_image": 64,
     "positive_fraction": 0.1,
     "fg_iou_thresh": 0.5,
@@ -78,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "detections_per_frame": 10,
     "nms_thresh": 0.5,
     "score_thresh": 0.0,
-    "loss_weights": {"loss_siam": 1.0, "loss_rpn_objectness": 1.0, "loss_rpn_box_reg": 1.0},
+    "loss_weights": {"loss_siam": 1.0, "loss_rpn_objectness": 1.0, "loss_rpn_box_reg": 1.0, "loss_box_reg": 1.0},
     "weights": {"format": "none", "path": None},
 }
 WEIGHT_FORMATS = ("none", "torchvision_detector", "imagenet", "detectron2", "siamrcnn")
@@ -141,6 +143,11 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
         **{**rpn_cfg, "anchor_sizes": tuple(rpn_cfg["anchor_sizes"]), "aspect_ratios": tuple(rpn_cfg["aspect_ratios"])},
     )
     head = SiameseHead(in_channels=c["fpn_channels"], **c["head"])
+    box_head = None
+    if c["box_head"]["enabled"]:
+        box_head = BoxRefineHead(in_channels=c["fpn_channels"], resolution=c["head"]["pooler_resolution"],
+                                 hidden_size=c["box_head"]["hidden_size"],
+                                 detach_features=bool(c["box_head"]["detach_features"]))
     model = SiamRCNN(
         backbone=backbone,
         rpn=rpn,
@@ -169,6 +176,7 @@ def build_model(cfg: Mapping | None = None) -> SiamRCNN:
         freeze_backbone=c["freeze_backbone"],
         freeze_rpn=c["freeze_rpn"],
         loss_weights=c["loss_weights"],
+        box_head=box_head,
     )
     load_weights(model, c["weights"]["format"], c["weights"]["path"])
     return model

@@ -19,7 +19,7 @@ from torchvision.ops import nms, roi_align
 from vq2d.modeling.backbone import P3_KEY, P3_STRIDE
 from vq2d.modeling.proposal_sampling import cross_batch_labels, mine_hard_negatives, sample_proposals
 
-LOSS_NAMES = ("loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg")
+LOSS_NAMES = ("loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg", "loss_box_reg")
 
 
 @dataclass
@@ -66,6 +66,9 @@ class SiamRCNN(nn.Module):
         backbone: images ``[N, 3, H, W]`` -> FPN maps ``{"0".."3", "pool"}`` (vq2d.modeling.backbone).
         rpn: torchvision ``RegionProposalNetwork`` over all FPN maps (vq2d.modeling.rpn).
         head: ``SiameseHead`` (projector + bilinear comparison).
+        box_head: optional ``BoxRefineHead`` (vq2d.modeling.box_head): class-agnostic deltas on
+            the ROI maps; the output boxes become the refined proposals (None, the originals:
+            the proposals themselves).
         pixel_mean, pixel_std: 3 values in ``input_format`` channel order, 0..255 scale.
         input_format: "RGB" or "BGR"; inputs are always RGB and are flipped for "BGR".
         min_size: short sides of the resized frame; training draws one at random, inference
@@ -90,7 +93,7 @@ class SiamRCNN(nn.Module):
             NMS, then top-k; a detection needs probability > score_thresh).
         freeze_backbone, freeze_rpn: set ``requires_grad=False`` on the backbone (trunk + FPN) /
             the RPN head.
-        loss_weights: multiplier per returned loss (default 1 each).
+        loss_weights: multiplier per returned loss (default 1 each; ``loss_box_reg`` only with a box_head).
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class SiamRCNN(nn.Module):
         freeze_backbone: bool = False,
         freeze_rpn: bool = False,
         loss_weights: dict[str, float] | None = None,
+        box_head: nn.Module | None = None,
     ):
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -130,6 +134,7 @@ class SiamRCNN(nn.Module):
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError("pixel_mean and pixel_std need 3 values each")
         self.backbone, self.rpn, self.head = backbone, rpn, head
+        self.box_head = box_head
         self.input_format = input_format
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
@@ -224,8 +229,12 @@ class SiamRCNN(nn.Module):
             raise RuntimeError("extract_frames runs in eval mode: call model.eval() first")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, features, proposals, _, _ = self._run_detector(images)
-        embeddings = self.head.embed(self._pool_rois(features, proposals))
-        embeddings = embeddings.split([len(p) for p in proposals])
+        roi_maps = self._pool_rois(features, proposals)
+        embeddings = self.head.embed(roi_maps).split([len(p) for p in proposals])
+        if self.box_head is not None:  # the embeddings stay those of the proposals they refine
+            deltas = self.box_head(roi_maps).split([len(p) for p in proposals])
+            proposals = [self.box_head.refine(d, p, size)
+                         for d, p, size in zip(deltas, proposals, image_list.image_sizes)]
         boxes = [
             resize_boxes(p.float(), resized, original)
             for p, resized, original in zip(proposals, image_list.image_sizes, original_sizes)
@@ -273,7 +282,8 @@ class SiamRCNN(nn.Module):
         targets (training): B dicts {"boxes": ``[n_i, 4]``} xyxy input coords, n_i = 0 for a
         negative frame.
 
-        Training: {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg"} (weighted).
+        Training: {"loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg"} (+ "loss_box_reg" with a
+        box_head), weighted.
         Inference: B dicts {"boxes": ``[k, 4]``, "scores": ``[k]``} for pair (images[i], crops[i]).
         """
         crops_per_image = self._check_pairs(images, crops, per_image=self.training)
@@ -291,7 +301,8 @@ class SiamRCNN(nn.Module):
             fg_iou_thresh=self.fg_iou_thresh,
             append_gt=self.append_gt,
         )
-        roi_emb = self.head.embed(self._pool_rois(features, rois))  # [N, hidden]
+        roi_maps = self._pool_rois(features, rois)  # [N, C, R, R]
+        roi_emb = self.head.embed(roi_maps)  # [N, hidden]
         logits = self.score(roi_emb, self.encode_crops(crops))  # [B * k, N]
         labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives, crops_per_image)
         keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
@@ -302,15 +313,20 @@ class SiamRCNN(nn.Module):
             "loss_rpn_objectness": rpn_losses["loss_objectness"],
             "loss_rpn_box_reg": rpn_losses["loss_rpn_box_reg"],
         }
+        if self.box_head is not None:
+            losses["loss_box_reg"] = self.box_head.loss(self.box_head(roi_maps), rois, roi_labels,
+                                                        [t["boxes"] for t in targets])
         return {name: value * self.loss_weights[name] for name, value in losses.items()}
 
     # -------------------------------------------------------------- optimiser
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters by part: {"backbone": ..., "rpn": ..., "head": ...}."""
-        parts = {"backbone": self.backbone, "rpn": self.rpn, "head": self.head}
+        parts = {"backbone": [("backbone", self.backbone)], "rpn": [("rpn", self.rpn)],
+                 "head": [("head", self.head)] + ([("box_head", self.box_head)] if self.box_head is not None else [])}
         return {
-            part: [(f"{part}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
-            for part, module in parts.items()
+            part: [(f"{prefix}.{n}", p) for prefix, module in modules for n, p in module.named_parameters()
+                   if p.requires_grad]
+            for part, modules in parts.items()
         }
 
     def param_groups(self, lr_head: float, lr_backbone: float, weight_decay: float) -> list[dict]:
