@@ -26,7 +26,8 @@ LOSS_NAMES = ("loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg", "loss_box_
 class FrameProposals:
     """Query-independent output of ``SiamRCNN.extract_frames`` for a list of frames.
 
-    boxes: per frame ``[K_i, 4]`` float32 xyxy proposals in input-image coordinates.
+    boxes: per frame ``[K_i, 4]`` float32 xyxy proposals in input-image coordinates (refined by
+        the box head when the model has one).
     embeddings: per frame ``[K_i, hidden]`` projected proposal embeddings.
     image_sizes: per frame input ``(H, W)``.
     """
@@ -223,7 +224,8 @@ class SiamRCNN(nn.Module):
         """Backbone + FPN + RPN once per frame (eval mode); no query involved.
 
         images: list of ``[3, H_i, W_i]`` RGB 0..255. Returns proposals in input coordinates
-        with their embeddings (RoIAlign 14x14 on P3 -> projector).
+        (moved by the box head's deltas when there is one) with the embeddings of the
+        proposals as the RPN gave them (RoIAlign 14x14 on P3 -> projector).
         """
         if self.training:
             raise RuntimeError("extract_frames runs in eval mode: call model.eval() first")
