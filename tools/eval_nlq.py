@@ -9,6 +9,9 @@ object on the last line of stdout, and writes metrics.json to output_dir (defaul
 predictions file's folder). Checkpoint mode writes EVAL/predictions.json (challenge
 format) and then scores THAT file (metrics.json, last stdout line) for an annotated split;
 for test_unannotated it writes EVAL/submission.json, validates it and prints its counts.
+A clip whose feature file is missing or wrongly shaped does not stop checkpoint mode: its
+queries are left unanswered, counted and named (``num_failed``, ``failed``,
+EVAL/failures.json), and the tool exits 3 (``allow_failures=true``: 0).
 Each mode is one library function.
 """
 from __future__ import annotations

@@ -60,8 +60,9 @@ class NLQDataset(Dataset):
             Video splicing draws its donor among the dataset's other clips.
         skip_bad_features: a clip whose feature file is missing or of the wrong shape
             (:meth:`FeatureStore.check_clip`) has its queries skipped and counted
-            (``stats["bad_feature_clips"]``, names in ``bad_feature_examples``) instead of
-            raising a :class:`~nlq.data.features.FeatureFileError` naming the clip and file.
+            (``stats["bad_feature_clips"]``, names in ``bad_feature_examples``, every skipped
+            query's key -> the error in ``bad_feature_keys``) instead of raising a
+            :class:`~nlq.data.features.FeatureFileError` naming the clip and file.
         store: where samples read their features from once it is set
             (:meth:`attach_store`; a :class:`~nlq.data.pooled_store.PooledStore` of this
             dataset's clips); None: from ``features`` directly.
@@ -101,6 +102,8 @@ class NLQDataset(Dataset):
                       "window_outside_features": 0, "naq": 0, "kept": 0, "bad_feature_clips": 0,
                       "bad_feature_queries": 0}
         self.bad_feature_examples: list[str] = []
+        self.bad_feature_keys: dict[NLQKey, str] = {}
+        errors: dict[tuple, str] = {}  # clip args -> the error of its feature files
         self.queries: list[NLQQuery] = []
         checked: dict[tuple, int | None] = {}  # clip args -> steps (None: bad files, skipped)
         for q in queries:
@@ -114,13 +117,14 @@ class NLQDataset(Dataset):
                 except FeatureFileError as e:
                     if not skip_bad_features:
                         raise
-                    checked[clip] = None
+                    checked[clip], errors[clip] = None, str(e)
                     self.stats["bad_feature_clips"] += 1
                     if len(self.bad_feature_examples) < 5:
                         self.bad_feature_examples.append(str(e))
                     log.warning("%s: skipping the queries of clip %s: %s", name or "NLQDataset", q.clip_uid, e)
             if checked[clip] is None:
                 self.stats["bad_feature_queries"] += 1
+                self.bad_feature_keys[q.key] = errors[clip]
                 continue
             duration, short = self._duration(checked[clip], q)
             self.stats["short_features"] += short

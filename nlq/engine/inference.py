@@ -19,19 +19,20 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from episodic import distributed
 from episodic.errors import DataError
-from episodic.io import atomic_write_text, read_json
+from episodic.io import atomic_write_json, atomic_write_text, read_json
 from episodic.logging import progress
 from nlq.data.annotations import NLQAnnotationFile, NLQKey
 from nlq.data.dataset import NLQCollator, NLQDataset
 from nlq.engine.build import build_features, build_nlq_model, checkpoint_model_state, data_config, load_queries
 from nlq.evaluation.plots import plot_timelines
-from nlq.evaluation.scoring import default_annotations_path, score_options, score_predictions_file
+from nlq.evaluation.scoring import METRICS_FILE, default_annotations_path, score_options, score_predictions_file
 from nlq.evaluation.submission import build_submission, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.json"  # val: the file that is scored
 SUBMISSION_FILE = "submission.json"  # test_unannotated: the challenge submission
+FAILURES_FILE = "failures.json"  # queries not answered (no usable features) and why
 TIMELINE_PLOT = "plots/timeline.png"
 EVAL_CONFIG_FILE = "eval_nlq_config.yaml"
 
@@ -131,7 +132,8 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
 def _eval_dataset(run_cfg: DictConfig, data_root: str, annotations: Path,
                   feature_dims: list[int]) -> tuple[NLQDataset, NLQAnnotationFile]:
     """The checkpoint's data pipeline (feature sets, max_len, ...) on ``data_root``'s files,
-    and the annotation file."""
+    and the annotation file. A clip whose feature file is missing or wrongly shaped has its
+    queries left out (``dataset.bad_feature_keys``: key -> error), not the whole split."""
     data = OmegaConf.to_container(run_cfg.data, resolve=True)
     data["root"] = str(data_root)
     resolved = data_config(data, {"eval": str(Path(annotations).resolve())})
@@ -144,8 +146,17 @@ def _eval_dataset(run_cfg: DictConfig, data_root: str, annotations: Path,
         log.warning("%s: %d language queries without text (not predicted)", annotations, textless)
     dataset = NLQDataset(queries, features, max_len=resolved["max_len"], train=False, naq_expansion=None,
                          min_window_sec=resolved["min_window_sec"], name=Path(annotations).stem,
-                         preparation=resolved["preparation"])
+                         preparation=resolved["preparation"], skip_bad_features=True)
+    if not dataset.queries:
+        raise DataError(f"{annotations}: no query has usable features under {features.root} "
+                        f"(e.g. {next(iter(dataset.bad_feature_keys.values()), 'no query with text')})")
     return dataset, annotation_file
+
+
+def _failures(dataset: NLQDataset) -> list[dict]:
+    """``[{"id": "clip_uid/annotation_uid/query_idx", "reason": ...}]`` of the queries left out."""
+    return [{"id": f"{k.clip_uid}/{k.annotation_uid}/{k.query_idx}", "reason": reason}
+            for k, reason in dataset.bad_feature_keys.items()]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: str, output_dir: str | Path,
@@ -158,7 +169,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
     then that file is scored -> ``metrics.json``; returns the metrics. Unannotated splits
     (test_unannotated): ``submission.json``, validated against the annotation file (every
     query answered once, 5 windows each; a problem is a DataError); returns its counts.
-    Both: ``plots/timeline.png`` (predicted vs GT windows of a few queries).
+    Both: ``plots/timeline.png`` (predicted vs GT windows of a few queries). Queries of clips
+    without usable features are not answered; they are counted and named (``num_failed``,
+    ``failed``, also in ``failures.json``; tools/eval_nlq.py then exits 3) and the val file is
+    scored as it is (as the scorer treats any file with unanswered queries: ``complete``
+    false, the metrics over the answered ones, the unanswered named in its warning).
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     output_dir = Path(output_dir)
@@ -172,13 +187,28 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
     write_submission(build_submission(results), path)
     log.info("wrote %d predictions to %s", len(results), path)
     plot_timelines(results, dataset.queries, output_dir / TIMELINE_PLOT, max_queries=plot_queries)
+    failed = _failures(dataset)
+    if failed:
+        atomic_write_json(output_dir / FAILURES_FILE, failed, indent=1)
+        log.warning("%d queries not answered (no usable features), listed in %s", len(failed),
+                    output_dir / FAILURES_FILE)
+    else:
+        (output_dir / FAILURES_FILE).unlink(missing_ok=True)  # an earlier run's list would be stale
+    failures = {"num_failed": len(failed), "failed": failed}
     if annotated:
-        return score_predictions_file(annotations, path, output_dir, **(score_options or {}))
-    problems = validate_submission(read_json(path), annotation_file)
+        metrics = {**score_predictions_file(annotations, path, output_dir, **(score_options or {})), **failures}
+        written = output_dir / METRICS_FILE  # the scorer's file, with the failures added
+        atomic_write_json(written, {**read_json(written), **failures}, indent=2)
+        return metrics
+    unanswered = {f"missing prediction for query ({k.clip_uid}, {k.annotation_uid}, {k.query_idx})"
+                  for k in dataset.bad_feature_keys}
+    problems = [p for p in validate_submission(read_json(path), annotation_file)
+                if p.split(":")[0] not in unanswered]  # the failed queries are counted, not problems
     if problems:
         raise DataError(f"{path}: invalid submission ({len(problems)} problems): " + "; ".join(problems[:5]))
-    log.info("%s is a valid submission for %s", path, annotations)
-    return {"num_queries": len(dataset.queries), "num_results": len(results), "submission_problems": 0}
+    log.info("%s is a valid submission for %s%s", path, annotations,
+             f" except the {len(failed)} failed queries" if failed else "")
+    return {"num_queries": len(dataset.queries), "num_results": len(results), "submission_problems": 0, **failures}
 
 
 def evaluate_checkpoint_from_config(cfg: Any) -> dict:

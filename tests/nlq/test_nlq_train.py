@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from episodic.cli import exit_status
 from episodic.distributed import DistInfo
 from episodic.errors import DataError
 from episodic.io import read_json
@@ -160,7 +161,7 @@ def test_resume_equals_uninterrupted(data_root, tmp_path):
     assert a["train_state"] == b["train_state"]
 
 
-def test_bad_input_is_counted_and_missing_eval_features_name_the_clip(joint_run, data_root, tmp_path):
+def test_bad_input_is_counted_and_eval_names_the_queries_of_a_clip_without_features(joint_run, data_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     annotations = root / "v2/annotations/nlq_train.json"
@@ -180,8 +181,21 @@ def test_bad_input_is_counted_and_missing_eval_features_name_the_clip(joint_run,
 
     val_clip = read_json(root / "v2/annotations/nlq_val.json")["videos"][0]["clips"][0]["clip_uid"]
     (root / "v2/nlq_features/synthetic" / f"{val_clip}.pt").unlink()
-    with pytest.raises(DataError, match=val_clip):
-        evaluate_checkpoint(joint_run[0] / "model_best.pth", root, "val", tmp_path / "eval")
+    val_queries = load_nlq_annotations(root / "v2/annotations/nlq_val.json").queries()
+    lost = [q for q in val_queries if q.clip_uid == val_clip and q.query]
+    metrics = evaluate_checkpoint(joint_run[0] / "model_best.pth", root, "val", tmp_path / "eval", plot_queries=0)
+    assert metrics["num_failed"] == len(lost) > 0  # the other clips are still evaluated
+    assert {f["id"] for f in metrics["failed"]} == {f"{q.clip_uid}/{q.annotation_uid}/{q.query_idx}" for q in lost}
+    assert all(val_clip in f["reason"] for f in metrics["failed"])  # the error names the clip's file
+    assert metrics["complete"] is False and metrics["num_answered"] == metrics["num_queries"] - len(lost)
+    assert read_json(tmp_path / "eval" / "metrics.json")["num_failed"] == len(lost)
+    assert read_json(tmp_path / "eval" / "failures.json") == metrics["failed"]
+    assert exit_status(metrics) == 3 and exit_status(metrics, allow_failures=True) == 0
+    test_clip = read_json(root / "v2/annotations/nlq_test_unannotated.json")["videos"][0]["clips"][0]["clip_uid"]
+    (root / "v2/nlq_features/synthetic" / f"{test_clip}.pt").unlink()
+    with pytest.raises(DataError, match="no query has usable features"):  # its only clip: nothing to answer
+        evaluate_checkpoint(joint_run[0] / "model_best.pth", root, "test_unannotated", tmp_path / "test",
+                            plot_queries=0)
 
 
 def _run_tool(*args: str) -> str:
@@ -207,7 +221,9 @@ def test_tools_train_then_eval_checkpoint(data_root, tmp_path):
     assert all(s <= e for p in predictions for s, e in p["predicted_times"])
     assert read_json(val / "metrics.json")["R@5_IoU0.3"] == metrics["R@5_IoU0.3"]
     rescored = score_predictions_file(data_root / "v2/annotations/nlq_val.json", val / "predictions.json", tmp_path)
-    assert rescored == metrics  # the metrics are those of the written file
+    assert metrics["num_failed"] == 0 and metrics["failed"] == [] and not (val / "failures.json").exists()
+    scored = {k: v for k, v in metrics.items() if k not in ("num_failed", "failed")}
+    assert rescored == scored  # the metrics are those of the written file
     assert (val / "plots/timeline.png").stat().st_size > 0
 
     test = tmp_path / "eval_test"  # same library function as the tool's checkpoint mode, in-process
