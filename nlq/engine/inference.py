@@ -25,7 +25,7 @@ from nlq.data.annotations import NLQAnnotationFile, NLQKey
 from nlq.data.dataset import NLQCollator, NLQDataset
 from nlq.engine.build import build_features, build_nlq_model, checkpoint_model_state, data_config, load_queries
 from nlq.evaluation.plots import plot_timelines
-from nlq.evaluation.scoring import METRICS_FILE, default_annotations_path, score_options, score_predictions_file
+from nlq.evaluation.scoring import default_annotations_path, score_options, score_predictions_file
 from nlq.evaluation.submission import build_submission, validate_submission, write_submission
 
 log = logging.getLogger(__name__)
@@ -196,14 +196,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
         (output_dir / FAILURES_FILE).unlink(missing_ok=True)  # an earlier run's list would be stale
     failures = {"num_failed": len(failed), "failed": failed}
     if annotated:
-        metrics = {**score_predictions_file(annotations, path, output_dir, **(score_options or {})), **failures}
-        written = output_dir / METRICS_FILE  # the scorer's file, with the failures added
-        atomic_write_json(written, {**read_json(written), **failures}, indent=2)
-        return metrics
-    unanswered = {f"missing prediction for query ({k.clip_uid}, {k.annotation_uid}, {k.query_idx})"
-                  for k in dataset.bad_feature_keys}
-    problems = [p for p in validate_submission(read_json(path), annotation_file)
-                if p.split(":")[0] not in unanswered]  # the failed queries are counted, not problems
+        return score_predictions_file(annotations, path, output_dir, **(score_options or {}), extra=failures)
+    problems = validate_submission(read_json(path), annotation_file, unanswered=dataset.bad_feature_keys)
     if problems:
         raise DataError(f"{path}: invalid submission ({len(problems)} problems): " + "; ".join(problems[:5]))
     log.info("%s is a valid submission for %s%s", path, annotations,

@@ -44,14 +44,16 @@ def _log_breakdown(name: str, results: Mapping[str, dict], topk) -> None:
 
 def score_predictions_file(annotations_path: str | os.PathLike, predictions_path: str | os.PathLike,
                            output_dir: str | os.PathLike | None = None, thresholds=THRESHOLDS, topk=TOPK,
-                           breakdown=(), object_sets: str | os.PathLike | None = None) -> dict:
+                           breakdown=(), object_sets: str | os.PathLike | None = None,
+                           extra: Mapping[str, Any] | None = None) -> dict:
     """Load both files, score (:func:`nlq.evaluation.metrics.evaluate_nlq`), log the
     warnings, write ``metrics.json`` and return the metrics (R@k_IoUt, MR@k and mIoU in
     percent, num_evaluated, num_gt) and how much of the split the file covers
     (:func:`nlq.evaluation.coverage.prediction_coverage`: num_queries, num_answered,
     num_duplicates, complete, counts of suspicious windows). ``breakdown``: any of :data:`BREAKDOWNS`; their
     per-group metrics go to metrics.json (``by_template``, ``by_object_set``) and the log,
-    not into the returned dict. A missing or malformed file raises DataError."""
+    not into the returned dict. ``extra``: more keys for both (checkpoint mode's failures).
+    A missing or malformed file raises DataError."""
     unknown = sorted(set(breakdown) - set(BREAKDOWNS))
     if unknown:
         raise DataError(f"unknown breakdown(s) {unknown}; known: {list(BREAKDOWNS)}")
@@ -61,7 +63,7 @@ def score_predictions_file(annotations_path: str | os.PathLike, predictions_path
     predictions = read_predictions(predictions_path)
     metrics, warnings = evaluate_nlq(predictions, annotations, thresholds, topk, return_warnings=True)
     counts, window_warnings = prediction_coverage(predictions, annotations)
-    metrics = {**metrics, **counts}
+    metrics = {**metrics, **counts, **(extra or {})}
     warnings = [*warnings, *window_warnings]
     for warning in warnings:
         logger.warning("%s: %s", predictions_path, warning)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from episodic.errors import DataError
 from episodic.io import atomic_write_json, read_json
@@ -99,10 +99,11 @@ def _entry_problems(entry: Any, where: str) -> tuple[NLQKey | None, list[str]]:
     return key, problems
 
 
-def validate_submission(sub: Any, annotations: NLQAnnotationFile) -> list[str]:
+def validate_submission(sub: Any, annotations: NLQAnnotationFile, unanswered: Collection[NLQKey] = ()) -> list[str]:
     """Every problem of a submission against its annotation file, one line each (empty = valid):
     header fields, malformed entries, windows, unknown / duplicated / missing queries
-    (every query with text must be answered once)."""
+    (every query with text must be answered once, except those of ``unanswered``: queries
+    already counted as failed, e.g. for want of features)."""
     if not isinstance(sub, dict):
         return [f"submission must be a JSON object (got {type(sub).__name__})"]
     problems = []
@@ -128,7 +129,7 @@ def validate_submission(sub: Any, annotations: NLQAnnotationFile) -> list[str]:
                             "is answered more than once")
         seen.add(key)
     for q in annotations.queries():
-        if q.key not in seen:
+        if q.key not in seen and q.key not in unanswered:
             problems.append(f"missing prediction for query ({q.clip_uid}, {q.annotation_uid}, {q.query_idx}): "
                             f"{q.query!r}")
     return problems

@@ -142,6 +142,11 @@ def test_validator_names_each_problem():
     for line, start in zip(problems, expected):
         assert line.startswith(start), (line, start)
     assert validate_submission([], annotations) == ["submission must be a JSON object (got list)"]
+    header = {"version": "1.0", "challenge": "ego4d_nlq_challenge"}
+    missing = validate_submission({**header, "results": good[:3]}, annotations)
+    assert missing == ["missing prediction for query (c1, a1, 3): 'q3?'"]
+    excused = {NLQKey("c1", "a1", 3)}  # counted as failed elsewhere: not a problem of the file
+    assert validate_submission({**header, "results": good[:3]}, annotations, unanswered=excused) == []
 
 
 def test_partial_duplicated_and_odd_windows_are_said_and_counted(tmp_path):

@@ -232,9 +232,10 @@ class SiamRCNN(nn.Module):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, features, proposals, _, _ = self._run_detector(images)
         roi_maps = self._pool_rois(features, proposals)
-        embeddings = self.head.embed(roi_maps).split([len(p) for p in proposals])
+        counts = [len(p) for p in proposals]
+        embeddings = self.head.embed(roi_maps).split(counts)
         if self.box_head is not None:  # the embeddings stay those of the proposals they refine
-            deltas = self.box_head(roi_maps).split([len(p) for p in proposals])
+            deltas = self.box_head(roi_maps).split(counts)
             proposals = [self.box_head.refine(d, p, size)
                          for d, p, size in zip(deltas, proposals, image_list.image_sizes)]
         boxes = [
