@@ -129,6 +129,47 @@ def test_ncc_head_is_a_normalised_cross_correlation_per_channel():
     torch.testing.assert_close(logits, head.compare(pairs)[..., 0])
 
 
+def test_ncc_head_with_pixels_compares_three_more_channels():
+    head = SiameseHead(in_channels=4, hidden_size=8, num_residual_blocks=1, pooler_resolution=3,
+                       similarity="ncc", pixels=True)
+    assert head.compare[0].in_features == 2 * (4 + 3)
+    maps = torch.rand(2, 4 + 3, 3, 3)
+    emb = head.embed(maps)
+    assert emb.shape == (2, 7 * 9 + 7)
+    torch.testing.assert_close(emb[:, -3:], maps[:, 4:].mean(dim=(2, 3)))  # the pixels skip the projector
+    assert head.score(emb, emb).shape == (2, 2)
+    with pytest.raises(ValueError, match="ncc"):
+        SiameseHead(in_channels=4, hidden_size=8, similarity="bilinear", pixels=True)
+
+
+def test_pixel_channels_of_a_box_match_the_crop_cut_from_it():
+    """With ``head.pixels`` the ROI maps end with the frame pooled in the box, the crop
+    embedding with the crop pooled: a crop cut from a box correlates with that box's ROI."""
+    model = tiny_model(head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16, "pixels": True},
+                       box_head={"enabled": True, "hidden_size": 8, "detach_features": True}).eval()
+    g = torch.Generator().manual_seed(0)
+    frame = F.interpolate(torch.rand(1, 3, 16, 20, generator=g), size=(128, 160), mode="bilinear")[0] * 255
+    box = torch.tensor([[32.0, 48.0, 96.0, 112.0]])  # 64 x 64: the crop size, so no resize
+    crop = frame[:, 48:112, 32:96][None]
+    image_list, features, _, _, _ = model._run_detector([frame])
+    assert image_list.image_sizes[0] == (128, 160) and "image" in features
+    c, r2 = model.head.in_channels, model.head.pooler_resolution ** 2
+    others = torch.tensor([[0.0, 0.0, 64.0, 64.0], [90.0, 10.0, 154.0, 74.0]])
+    rois = model._pool_rois(features, [torch.cat([box, others])])  # [3, C + 3, R, R]
+    assert rois.shape[:2] == (3, c + 3)
+    query = model.encode_crops(crop)  # [1, (C + 3) * R * R + C + 3]
+    pixel_maps = query[0, : (c + 3) * r2].view(c + 3, r2)[c:]  # normalised layout of each colour channel
+    corr = [(pixel_maps * model.head.embed(rois)[k, : (c + 3) * r2].view(c + 3, r2)[c:]).sum(1) for k in range(3)]
+    assert (corr[0] > 0.95).all()  # the same pixels, pooled by RoIAlign vs average pooling
+    assert all(corr[0].mean() > corr[k].mean() + 0.2 for k in (1, 2))
+    frames = model.extract_frames([frame])  # the box head reads the feature channels only
+    assert frames.embeddings[0].shape[1] == query.shape[1]
+    images, crops, targets = frames_and_crops()
+    losses = model.train()(images, crops, targets)
+    sum(losses.values()).backward()
+    assert "loss_box_reg" in losses and model.head.compare[0].weight.grad[:, c : c + 3].abs().sum() > 0
+
+
 def test_cosine_head_and_spatial_pool():
     torch.manual_seed(0)
     head = SiameseHead(in_channels=4, hidden_size=8, num_residual_blocks=0, pooler_resolution=4,

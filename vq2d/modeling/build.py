@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "spatial_pool": 1,
         "init_scale": 10.0,
         "init_bias": -5.0,
+        "pixels": False,
     },
     "box_head": {"enabled": False, "hidden_size": 256, "detach_features": False},
     "rois_per_image": 64,

@@ -51,6 +51,10 @@ class SiameseHead(nn.Module):
             box's mean feature; s > 1 keeps an s x s layout of the box, ``C * s * s`` inputs);
             not used by "ncc".
         init_scale, init_bias: cosine only, the starting scale and bias of the logits.
+        pixels: ncc only: the model appends the image itself, pooled over the same box (3
+            channels, normalised RGB), to the feature maps, and these channels are compared
+            like the others (a low-level template term that needs no training; the MLP learns
+            its weight). ``embed`` then takes ``[N, C + 3, R, R]``.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class SiameseHead(nn.Module):
         spatial_pool: int = 1,
         init_scale: float = 10.0,
         init_bias: float = -5.0,
+        pixels: bool = False,
     ):
         super().__init__()
         self.pooler_resolution = pooler_resolution
@@ -72,10 +77,14 @@ class SiameseHead(nn.Module):
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         self.similarity = similarity
+        if pixels and similarity != "ncc":
+            raise ValueError("pixels=True needs similarity='ncc'")
+        self.pixels = bool(pixels)
+        self.compared_channels = in_channels + (3 if pixels else 0)
         blocks = [ResidualBlock(in_channels) for _ in range(num_residual_blocks)]
         if similarity == "ncc":
             self.projector = nn.Sequential(*blocks)
-            self.compare = nn.Sequential(nn.Linear(2 * in_channels, hidden_size), nn.ReLU(inplace=True),
+            self.compare = nn.Sequential(nn.Linear(2 * self.compared_channels, hidden_size), nn.ReLU(inplace=True),
                                          nn.Linear(hidden_size, 1))
             return
         self.projector = nn.Sequential(
@@ -93,17 +102,23 @@ class SiameseHead(nn.Module):
             self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def embed(self, features: Tensor) -> Tensor:
-        """``[N, C, R, R]`` pooled features -> ``[N, hidden]`` embeddings (ncc: ``[N, C*R*R + C]``)."""
+        """``[N, C, R, R]`` pooled features -> ``[N, hidden]`` embeddings (ncc: ``[N, C*R*R + C]``;
+        with ``pixels`` the input is ``[N, C + 3, R, R]``, its last 3 channels the pooled image,
+        and C counts them in the output)."""
         if self.similarity != "ncc":
             return self.projector(features)
-        x = self.projector(features).flatten(2).float()  # [N, C, R*R]
+        c = self.in_channels
+        x = self.projector(features[:, :c])
+        if self.pixels:
+            x = torch.cat([x, features[:, c:].to(x.dtype)], dim=1)
+        x = x.flatten(2).float()  # [N, C, R*R]
         means = x.mean(dim=2)  # [N, C]
         maps = F.normalize(x - means[:, :, None], dim=2)  # zero mean, unit norm per channel
         return torch.cat([maps.flatten(1), means], dim=1)
 
     def _ncc_logits(self, proposal_emb: Tensor, query_emb: Tensor) -> Tensor:
         """ncc: ``[K, C*R*R + C]`` and ``[Q, C*R*R + C]`` -> ``[Q, K]`` logits."""
-        c = self.in_channels
+        c = self.compared_channels
         p_maps, p_means = proposal_emb[:, :-c].float().unflatten(1, (c, -1)), proposal_emb[:, -c:].float()
         q_maps, q_means = query_emb[:, :-c].float().unflatten(1, (c, -1)), query_emb[:, -c:].float()
         corr = torch.einsum("qcs,kcs->qkc", q_maps, p_maps)  # [Q, K, C] in [-1, 1]

@@ -196,24 +196,30 @@ class SiamRCNN(nn.Module):
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, rpn_losses = self.rpn(image_list, features, targets)
+        if getattr(self.head, "pixels", False):  # the normalised frames, pooled like a feature map
+            features = dict(features, image=image_list.tensors)
         return image_list, features, proposals, rpn_losses, targets
 
     def _pool_rois(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
-        """RoIAlign on P3: per image ``[K_i, 4]`` boxes (resized coords) -> ``[sum K_i, C, R, R]``."""
-        return roi_align(
-            features[P3_KEY],
-            [b.float() for b in boxes],
-            output_size=self.head.pooler_resolution,
-            spatial_scale=1.0 / P3_STRIDE,
-            sampling_ratio=self.roi_sampling_ratio,
-            aligned=self.roi_aligned,
-        )
+        """RoIAlign on P3: per image ``[K_i, 4]`` boxes (resized coords) -> ``[sum K_i, C, R, R]``
+        (a head with ``pixels``: ``[sum K_i, C + 3, R, R]``, the normalised image pooled too)."""
+        boxes = [b.float() for b in boxes]
+        pooled = roi_align(features[P3_KEY], boxes, output_size=self.head.pooler_resolution,
+                           spatial_scale=1.0 / P3_STRIDE, sampling_ratio=self.roi_sampling_ratio,
+                           aligned=self.roi_aligned)
+        if not getattr(self.head, "pixels", False):
+            return pooled
+        pixels = roi_align(features["image"], boxes, output_size=self.head.pooler_resolution,
+                           spatial_scale=1.0, sampling_ratio=self.roi_sampling_ratio, aligned=self.roi_aligned)
+        return torch.cat([pooled, pixels.to(pooled.dtype)], dim=1)
 
     def encode_crops(self, crops: Tensor) -> Tensor:
         """Visual crops ``[Q, 3, S, S]`` (RGB, 0..255) -> query embeddings ``[Q, hidden]``."""
         x = (self._to_model_channels(crops) - self.pixel_mean) / self.pixel_std
         p3 = self.backbone(x)[P3_KEY]  # [Q, C, S/8, S/8]
         pooled = F.adaptive_avg_pool2d(p3, self.head.pooler_resolution)  # [Q, C, R, R]
+        if getattr(self.head, "pixels", False):  # + the crop itself: [Q, C + 3, R, R]
+            pooled = torch.cat([pooled, F.adaptive_avg_pool2d(x, self.head.pooler_resolution).to(pooled.dtype)], 1)
         return self.head.embed(pooled)
 
     def score(self, proposal_emb: Tensor, query_emb: Tensor) -> Tensor:
@@ -235,7 +241,7 @@ class SiamRCNN(nn.Module):
         counts = [len(p) for p in proposals]
         embeddings = self.head.embed(roi_maps).split(counts)
         if self.box_head is not None:  # the embeddings stay those of the proposals they refine
-            deltas = self.box_head(roi_maps).split(counts)
+            deltas = self.box_head(roi_maps[:, : self.head.in_channels]).split(counts)
             proposals = [self.box_head.refine(d, p, size)
                          for d, p, size in zip(deltas, proposals, image_list.image_sizes)]
         boxes = [
@@ -317,7 +323,7 @@ class SiamRCNN(nn.Module):
             "loss_rpn_box_reg": rpn_losses["loss_rpn_box_reg"],
         }
         if self.box_head is not None:
-            losses["loss_box_reg"] = self.box_head.loss(self.box_head(roi_maps), rois, roi_labels,
+            losses["loss_box_reg"] = self.box_head.loss(self.box_head(roi_maps[:, : self.head.in_channels]), rois, roi_labels,
                                                         [t["boxes"] for t in targets])
         return {name: value * self.loss_weights[name] for name, value in losses.items()}
 

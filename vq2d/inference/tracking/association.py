@@ -25,7 +25,7 @@ class AssociationTracker(Tracker):
 
     needs_images = False
 
-    def __init__(self, *, detections, min_iou: float = 0.3, min_score: float = 0.3, iou_weight: float = 0.5):
+    def __init__(self, *, detections, min_iou: float = 0.01, min_score: float = 0.2, iou_weight: float = 0.5):
         if detections is None:
             raise ValueError("the association tracker needs the query's cached detections")
         if not 0.0 <= iou_weight <= 1.0:
