@@ -17,7 +17,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# The seed papers' findings on the synthetic val split (over an hour on 2 CPU cores; see docs/reproducing.md).
+# The seed papers' findings on the synthetic val split (~40 min on 2 CPU cores; see docs/reproducing.md).
 reproduce: $(STAMP)
 	$(PY) tools/reproduce.py
 
