@@ -6,7 +6,8 @@ DataLoader workers, augmentation) and ``train_one_iteration``.
 
 On a CPU it also measures ``tiny_before``, the tiny preset as it was before 2026-11-29
 (ResNet-18 at width 64 with BatchNorm, frames at 128-160 px, crops with 16 px of context,
-the bilinear head, one crop per frame, contiguous NCHW parameters),
+the bilinear head without pixel channels, no box head, one crop per frame, contiguous NCHW
+parameters),
 in the same run, and prints the speed-up of the preset over it (docs/vq2d.md#tiny-preset);
 ``--configs tiny,tiny_nchw`` measures the preset with and without ``channels_last``.
 
@@ -38,7 +39,8 @@ TARGETS = {("tiny", "cpu"): 8.0, ("r50", "cuda"): 40.0, ("tiny", "cuda"): 200.0,
            ("tiny_nchw", "cpu"): 1.0, ("tiny_nchw", "cuda"): 1.0}  # tiny_nchw: a reference, no target
 TINY_BEFORE = ["model.width=64", "model.fpn_channels=64", "model.group_norm=0", "model.min_size=[128,144,160]",
                "model.max_size=256", "model.crop_context=16", "model.head.similarity=bilinear",
-               "samples.crops_per_pair=1", "channels_last=false"]
+               "model.head.pixels=false", "model.box_head.enabled=false", "samples.crops_per_pair=1",
+               "channels_last=false"]
 OVERRIDES = {
     "tiny": ["preset=tiny"],
     "tiny_before": ["preset=tiny", *TINY_BEFORE],

@@ -456,3 +456,25 @@ def test_box_head_trains_and_refines_the_answer_boxes():
                                    rtol=2e-2, atol=0.0)
     for e_plain, e_wide in zip(plain.embeddings, wider.embeddings):
         torch.testing.assert_close(e_plain, e_wide)  # the proposals' embeddings, not the refined boxes'
+
+
+def test_benchmark_training_configs_build():
+    """Every configuration ``benchmarks/bench_train_vq2d.py`` measures composes and builds
+    (its ``tiny_before`` undoes the tiny preset's newer options, e.g. the pixel channels
+    that only the ncc head accepts)."""
+    import importlib.util
+
+    from vq2d.engine.build import build_training_model
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_vq2d.py"
+    spec = importlib.util.spec_from_file_location("bench_train_vq2d", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in ("tiny", "tiny_before", "tiny_nchw"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=bench.OVERRIDES[name])
+        model = build_training_model(cfg)
+        assert model.head.pixels == (name != "tiny_before")
+        assert (model.box_head is None) == (name == "tiny_before")
+    with pytest.raises(ValueError, match="model.head.pixels=false"):
+        SiameseHead(in_channels=4, hidden_size=8, similarity="cosine", pixels=True)

@@ -78,7 +78,8 @@ class SiameseHead(nn.Module):
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         self.similarity = similarity
         if pixels and similarity != "ncc":
-            raise ValueError("pixels=True needs similarity='ncc'")
+            raise ValueError(f"head pixels=True needs similarity='ncc', got {similarity!r} "
+                             "(with another similarity set model.head.pixels=false)")
         self.pixels = bool(pixels)
         self.compared_channels = in_channels + (3 if pixels else 0)
         blocks = [ResidualBlock(in_channels) for _ in range(num_residual_blocks)]
