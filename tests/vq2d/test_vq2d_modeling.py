@@ -143,7 +143,7 @@ def test_ncc_head_with_pixels_compares_three_more_channels():
 
 
 def test_pixel_channels_of_a_box_match_the_crop_cut_from_it():
-    """With ``head.pixels`` the ROI maps end with the frame pooled in the box, the crop
+    """With ``head.pixels`` the ROI embeddings end with the frame pooled in the box, the crop
     embedding with the crop pooled: a crop cut from a box correlates with that box's ROI."""
     model = tiny_model(head={"similarity": "ncc", "num_residual_blocks": 0, "hidden_size": 16, "pixels": True},
                        box_head={"enabled": True, "hidden_size": 8, "detach_features": True}).eval()
@@ -152,14 +152,16 @@ def test_pixel_channels_of_a_box_match_the_crop_cut_from_it():
     box = torch.tensor([[32.0, 48.0, 96.0, 112.0]])  # 64 x 64: the crop size, so no resize
     crop = frame[:, 48:112, 32:96][None]
     image_list, features, _, _, _ = model._run_detector([frame])
-    assert image_list.image_sizes[0] == (128, 160) and "image" in features
+    assert image_list.image_sizes[0] == (128, 160)
     c, r2 = model.head.in_channels, model.head.pooler_resolution ** 2
-    others = torch.tensor([[0.0, 0.0, 64.0, 64.0], [90.0, 10.0, 154.0, 74.0]])
-    rois = model._pool_rois(features, [torch.cat([box, others])])  # [3, C + 3, R, R]
-    assert rois.shape[:2] == (3, c + 3)
+    boxes = [torch.cat([box, torch.tensor([[0.0, 0.0, 64.0, 64.0], [90.0, 10.0, 154.0, 74.0]])])]
+    rois = model._pool_rois(features, boxes)  # [3, C, R, R]: the box head's input
+    assert rois.shape[:2] == (3, c)
+    embeddings = model._embed_rois(rois, image_list.tensors, boxes)  # [3, (C + 3) * R * R + C + 3]
     query = model.encode_crops(crop)  # [1, (C + 3) * R * R + C + 3]
+    assert embeddings.shape == (3, query.shape[1]) == (3, (c + 3) * (r2 + 1))
     pixel_maps = query[0, : (c + 3) * r2].view(c + 3, r2)[c:]  # normalised layout of each colour channel
-    corr = [(pixel_maps * model.head.embed(rois)[k, : (c + 3) * r2].view(c + 3, r2)[c:]).sum(1) for k in range(3)]
+    corr = [(pixel_maps * embeddings[k, : (c + 3) * r2].view(c + 3, r2)[c:]).sum(1) for k in range(3)]
     assert (corr[0] > 0.95).all()  # the same pixels, pooled by RoIAlign vs average pooling
     assert all(corr[0].mean() > corr[k].mean() + 0.2 for k in (1, 2))
     frames = model.extract_frames([frame])  # the box head reads the feature channels only

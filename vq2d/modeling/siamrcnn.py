@@ -196,29 +196,31 @@ class SiamRCNN(nn.Module):
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, rpn_losses = self.rpn(image_list, features, targets)
-        if getattr(self.head, "pixels", False):  # the normalised frames, pooled like a feature map
-            features = dict(features, image=image_list.tensors)
         return image_list, features, proposals, rpn_losses, targets
 
+    def _roi_align(self, maps: Tensor, boxes: list[Tensor], stride: int) -> Tensor:
+        """RoIAlign of ``[B, C, H, W]`` maps of the given stride: per image ``[K_i, 4]`` boxes
+        (resized coords) -> ``[sum K_i, C, R, R]``."""
+        return roi_align(maps, [b.float() for b in boxes], output_size=self.head.pooler_resolution,
+                         spatial_scale=1.0 / stride, sampling_ratio=self.roi_sampling_ratio, aligned=self.roi_aligned)
+
     def _pool_rois(self, features: dict[str, Tensor], boxes: list[Tensor]) -> Tensor:
-        """RoIAlign on P3: per image ``[K_i, 4]`` boxes (resized coords) -> ``[sum K_i, C, R, R]``
-        (a head with ``pixels``: ``[sum K_i, C + 3, R, R]``, the normalised image pooled too)."""
-        boxes = [b.float() for b in boxes]
-        pooled = roi_align(features[P3_KEY], boxes, output_size=self.head.pooler_resolution,
-                           spatial_scale=1.0 / P3_STRIDE, sampling_ratio=self.roi_sampling_ratio,
-                           aligned=self.roi_aligned)
-        if not getattr(self.head, "pixels", False):
-            return pooled
-        pixels = roi_align(features["image"], boxes, output_size=self.head.pooler_resolution,
-                           spatial_scale=1.0, sampling_ratio=self.roi_sampling_ratio, aligned=self.roi_aligned)
-        return torch.cat([pooled, pixels.to(pooled.dtype)], dim=1)
+        """RoIAlign on P3: per image ``[K_i, 4]`` boxes (resized coords) -> ``[sum K_i, C, R, R]``."""
+        return self._roi_align(features[P3_KEY], boxes, P3_STRIDE)
+
+    def _embed_rois(self, roi_maps: Tensor, frames: Tensor, boxes: list[Tensor]) -> Tensor:
+        """ROI maps ``[N, C, R, R]`` -> embeddings ``[N, hidden]``. A head with ``pixels`` also
+        gets the normalised frames ``[B, 3, H, W]`` pooled in the same boxes (``[N, C + 3, R, R]``)."""
+        if self.head.pixels:
+            roi_maps = torch.cat([roi_maps, self._roi_align(frames, boxes, 1).to(roi_maps.dtype)], dim=1)
+        return self.head.embed(roi_maps)
 
     def encode_crops(self, crops: Tensor) -> Tensor:
         """Visual crops ``[Q, 3, S, S]`` (RGB, 0..255) -> query embeddings ``[Q, hidden]``."""
         x = (self._to_model_channels(crops) - self.pixel_mean) / self.pixel_std
         p3 = self.backbone(x)[P3_KEY]  # [Q, C, S/8, S/8]
         pooled = F.adaptive_avg_pool2d(p3, self.head.pooler_resolution)  # [Q, C, R, R]
-        if getattr(self.head, "pixels", False):  # + the crop itself: [Q, C + 3, R, R]
+        if self.head.pixels:  # + the crop itself: [Q, C + 3, R, R]
             pooled = torch.cat([pooled, F.adaptive_avg_pool2d(x, self.head.pooler_resolution).to(pooled.dtype)], 1)
         return self.head.embed(pooled)
 
@@ -239,9 +241,9 @@ class SiamRCNN(nn.Module):
         image_list, features, proposals, _, _ = self._run_detector(images)
         roi_maps = self._pool_rois(features, proposals)
         counts = [len(p) for p in proposals]
-        embeddings = self.head.embed(roi_maps).split(counts)
+        embeddings = self._embed_rois(roi_maps, image_list.tensors, proposals).split(counts)
         if self.box_head is not None:  # the embeddings stay those of the proposals they refine
-            deltas = self.box_head(roi_maps[:, : self.head.in_channels]).split(counts)
+            deltas = self.box_head(roi_maps).split(counts)
             proposals = [self.box_head.refine(d, p, size)
                          for d, p, size in zip(deltas, proposals, image_list.image_sizes)]
         boxes = [
@@ -301,7 +303,7 @@ class SiamRCNN(nn.Module):
         if targets is None or len(targets) != len(images):
             raise ValueError("training needs one target dict {'boxes': [n, 4]} per image")
         targets = [{"boxes": t["boxes"].reshape(-1, 4).float()} for t in targets]
-        _, features, proposals, rpn_losses, targets = self._run_detector(images, targets)
+        image_list, features, proposals, rpn_losses, targets = self._run_detector(images, targets)
         rois, roi_labels = sample_proposals(
             [p.detach() for p in proposals],
             [t["boxes"] for t in targets],
@@ -311,7 +313,7 @@ class SiamRCNN(nn.Module):
             append_gt=self.append_gt,
         )
         roi_maps = self._pool_rois(features, rois)  # [N, C, R, R]
-        roi_emb = self.head.embed(roi_maps)  # [N, hidden]
+        roi_emb = self._embed_rois(roi_maps, image_list.tensors, rois)  # [N, hidden]
         logits = self.score(roi_emb, self.encode_crops(crops))  # [B * k, N]
         labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives, crops_per_image)
         keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
@@ -323,7 +325,7 @@ class SiamRCNN(nn.Module):
             "loss_rpn_box_reg": rpn_losses["loss_rpn_box_reg"],
         }
         if self.box_head is not None:
-            losses["loss_box_reg"] = self.box_head.loss(self.box_head(roi_maps[:, : self.head.in_channels]), rois, roi_labels,
+            losses["loss_box_reg"] = self.box_head.loss(self.box_head(roi_maps), rois, roi_labels,
                                                         [t["boxes"] for t in targets])
         return {name: value * self.loss_weights[name] for name, value in losses.items()}
 
