@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from vq2d.modeling.backbone import build_resnet_fpn_backbone
 from vq2d.modeling.build import build_model
@@ -294,6 +294,39 @@ def test_all_negative_batch_trains_with_zero_labels(monkeypatch):
     losses = model(images, crops, [{"boxes": torch.zeros(0, 4)}, {"boxes": torch.zeros(0, 4)}])
     assert torch.isfinite(losses["loss_siam"]) and seen["labels"].numel() > 0
     assert seen["labels"].sum() == 0
+
+
+def test_iou_targets_give_each_positive_pair_its_iou(monkeypatch):
+    import vq2d.modeling.siamrcnn as siamrcnn
+
+    seen = {}
+    real_sample, real_loss = siamrcnn.sample_proposals, siamrcnn.siamese_loss
+
+    def sample_spy(proposals, gt_boxes, **kwargs):
+        seen["gt"], seen["rois"] = gt_boxes, real_sample(proposals, gt_boxes, **kwargs)
+        return seen["rois"]
+
+    def loss_spy(logits, labels, keep, **kwargs):
+        seen.setdefault("labels", []).append(labels)
+        return real_loss(logits, labels, keep, **kwargs)
+
+    monkeypatch.setattr(siamrcnn, "sample_proposals", sample_spy)
+    monkeypatch.setattr(siamrcnn, "siamese_loss", loss_spy)
+    images, crops, targets = frames_and_crops()
+    for iou_targets in (False, True):
+        torch.manual_seed(0)
+        tiny_model(iou_targets=iou_targets, positive_fraction=0.5).train()(images, crops, targets)
+    binary, soft = seen["labels"]
+    (rois, roi_labels), gt = seen["rois"], seen["gt"]
+    positive = torch.cat(roi_labels) == 1
+    assert positive.sum() > 1 and torch.equal(binary[0] > 0, positive)  # image 0's positives, crop 0
+    expected = box_iou(gt[0], rois[0]).max(dim=0).values  # IoU of image 0's ROIs with its response box
+    n0 = len(rois[0])
+    torch.testing.assert_close(soft[0, :n0][positive[:n0]], expected[positive[:n0]])
+    assert soft[0, :n0][positive[:n0]].min() >= 0.5 and soft[0, :n0][positive[:n0]].max() <= 1.0
+    assert (soft[0, :n0][positive[:n0]] < 1.0).any()  # not all 1: the targets are the IoUs
+    assert torch.equal(soft[~(binary > 0)], binary[~(binary > 0)])  # negatives stay 0
+    assert soft[1].sum() == 0  # crop 1 belongs to the negative frame
 
 
 def test_detect_matches_forward_inference():

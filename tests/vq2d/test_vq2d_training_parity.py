@@ -3,6 +3,8 @@ configs, crops cut from the rotated reference frame, shuffled extra references, 
 hard-negative mining (as an option), and frame AP on the clean validation frames."""
 from __future__ import annotations
 
+import itertools
+
 import math
 from pathlib import Path
 
@@ -139,12 +141,17 @@ def test_mapper_uses_the_rotated_reference_frame_and_keeps_rotation_off_draw_fre
         PairAugmentation(crop_rotation_mode="sideways")
 
 
-def test_mapper_cuts_k_crops_of_different_references(tmp_path):
+def _cache_and_track_sample(tmp_path):
+    """A frame cache of random frames and a training sample whose track spans frames 10-19."""
     cache = FrameCache(tmp_path)
     rng = np.random.default_rng(0)
     for f in [*range(10, 20), 65]:
         cache.save("clip_a", f, rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
-    sample = build_train_samples([_query(range(10, 20))], negatives=False, extra_references=10)[0][0]
+    return cache, build_train_samples([_query(range(10, 20))], negatives=False, extra_references=10)[0][0]
+
+
+def test_mapper_cuts_k_crops_of_different_references(tmp_path):
+    cache, sample = _cache_and_track_sample(tmp_path)
     assert len(sample.references) >= 4  # the visual crop + other frames of the track
     aug = PairAugmentation(crop_rotation=None, flip_prob=0.0, brightness=None)
     one = PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=aug)
@@ -158,6 +165,28 @@ def test_mapper_cuts_k_crops_of_different_references(tmp_path):
     assert batch["crops"].shape == (8, 3, 32, 32) and torch.equal(batch["crops"][0], b["crop"])
     with pytest.raises(ValueError, match="crops_per_pair"):
         PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, crops_per_pair=0)
+
+
+def test_pair_channel_shuffle_gives_frame_and_crops_one_channel_order(tmp_path):
+    cache, sample = _cache_and_track_sample(tmp_path)
+    plain_aug = PairAugmentation(crop_rotation=None, flip_prob=0.0, brightness=None)
+    shuffle_aug = PairAugmentation(crop_rotation=None, flip_prob=0.0, brightness=None, pair_channel_shuffle=1.0)
+    plain = PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=plain_aug, crops_per_pair=3)
+    shuffled = PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=shuffle_aug,
+                          crops_per_pair=3)
+    orders = set()
+    for seed in range(8):
+        a, b = plain(sample, seed=seed), shuffled(sample, seed=seed)
+        # the order that turns the plain frame into the shuffled one ...
+        order = next(tuple(p) for p in itertools.permutations(range(3)) if torch.equal(a["image"][list(p)], b["image"]))
+        orders.add(order)
+        # ... is the order of the crop and of every extra crop too
+        assert torch.equal(a["crop"][list(order)], b["crop"])
+        assert torch.equal(a["extra_crops"][:, list(order)], b["extra_crops"])
+    assert len(orders) > 2  # random orders
+    assert plain_aug.pair_channels(np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="pair_channel_shuffle"):
+        PairAugmentation(pair_channel_shuffle=2.0)
 
 
 # ---------------------------------------------------------------- extra references

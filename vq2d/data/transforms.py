@@ -10,6 +10,9 @@
   rotated before the crop is cut (:func:`vq2d.data.crops.rotated_visual_crop`; the mapper
   asks :meth:`PairAugmentation.reference_rotation` for the angle); ``"crop"``: the cut crop
   is rotated about its centre, the uncovered corners filled with the pad value 125.
+* Pair (``pair_channel_shuffle``, off in the originals): the frame and all the crops of a
+  pair get the same random order of their colour channels, so crop and frame still agree
+  while the object looks new (a training set of ~60 objects gets up to 6x the appearances).
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation is reproducible from its seed (see :class:`vq2d.data.train_dataset.TrainMapper`).
@@ -67,6 +70,8 @@ class PairAugmentation:
         crop_rotation_prob: chance that a crop is rotated at all.
         crop_rotation_mode: "frame" (rotate the reference frame, then cut the crop; the
             originals) or "crop" (rotate the cut crop).
+        pair_channel_shuffle: chance that a pair's frame and crops get the same random order of
+            their colour channels (0: off, the originals).
     """
 
     def __init__(
@@ -77,10 +82,12 @@ class PairAugmentation:
         crop_rotation: tuple[float, float] | None = (-120.0, 120.0),
         crop_rotation_prob: float = 1.0,
         crop_rotation_mode: str = "crop",
+        pair_channel_shuffle: float = 0.0,
     ):
         if crop_rotation_mode not in ROTATION_MODES:
             raise ValueError(f"crop_rotation_mode must be one of {ROTATION_MODES} (got {crop_rotation_mode!r})")
-        for name, p in (("flip_prob", flip_prob), ("crop_rotation_prob", crop_rotation_prob)):
+        for name, p in (("flip_prob", flip_prob), ("crop_rotation_prob", crop_rotation_prob),
+                        ("pair_channel_shuffle", pair_channel_shuffle)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1] (got {p})")
         for name, rng in (("brightness", brightness), ("crop_rotation", crop_rotation)):
@@ -91,6 +98,14 @@ class PairAugmentation:
         self.crop_rotation = None if crop_rotation is None else (float(crop_rotation[0]), float(crop_rotation[1]))
         self.crop_rotation_prob = crop_rotation_prob
         self.crop_rotation_mode = crop_rotation_mode
+        self.pair_channel_shuffle = float(pair_channel_shuffle)
+
+    def pair_channels(self, rng: np.random.Generator) -> np.ndarray | None:
+        """The colour-channel order shared by a frame and its crops (a new-looking object whose
+        crop and frame still agree), or None (no shuffle, and no draw when the option is off)."""
+        if self.pair_channel_shuffle <= 0.0 or rng.random() >= self.pair_channel_shuffle:
+            return None
+        return rng.permutation(3)
 
     def _rotation(self, rng: np.random.Generator) -> float | None:
         if self.crop_rotation is not None and rng.random() < self.crop_rotation_prob:

@@ -131,6 +131,7 @@ def build_augmentation(cfg) -> PairAugmentation:
         crop_rotation=None if a.crop_rotation is None else tuple(a.crop_rotation),
         crop_rotation_prob=float(a.crop_rotation_prob),
         crop_rotation_mode=str(a.get("crop_rotation_mode", "crop")),
+        pair_channel_shuffle=float(a.get("pair_channel_shuffle", 0.0)),
     )
 
 

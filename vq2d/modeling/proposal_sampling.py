@@ -17,6 +17,14 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.ops import box_iou
 
 
+def roi_ious(proposals: Tensor, gt_boxes: Tensor) -> Tensor:
+    """``[K, 4]`` proposals, ``[G, 4]`` GT -> ``[K]`` float IoU of each proposal with its best GT box
+    (0 when there is no GT box)."""
+    if gt_boxes.numel() == 0 or proposals.numel() == 0:
+        return torch.zeros(len(proposals), dtype=torch.float32, device=proposals.device)
+    return box_iou(gt_boxes.reshape(-1, 4).float(), proposals.float()).max(dim=0).values
+
+
 def label_proposals(proposals: Tensor, gt_boxes: Tensor, fg_iou_thresh: float) -> Tensor:
     """``[K, 4]`` proposals, ``[G, 4]`` GT (xyxy, same coordinates) -> ``[K]`` int64 labels (1 = positive)."""
     if gt_boxes.numel() == 0 or proposals.numel() == 0:

@@ -17,7 +17,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from torchvision.ops import nms, roi_align
 
 from vq2d.modeling.backbone import P3_KEY, P3_STRIDE
-from vq2d.modeling.proposal_sampling import cross_batch_labels, mine_hard_negatives, sample_proposals
+from vq2d.modeling.proposal_sampling import cross_batch_labels, mine_hard_negatives, roi_ious, sample_proposals
 
 LOSS_NAMES = ("loss_siam", "loss_rpn_objectness", "loss_rpn_box_reg", "loss_box_reg")
 
@@ -85,6 +85,9 @@ class SiamRCNN(nn.Module):
         balanced_siam_loss: the siamese BCE as the mean of its positive pairs' mean and its
             negative pairs' mean (False, the originals: one mean over all kept pairs, where
             negatives outnumber positives about 10 to 1 and the scores stay near the prior).
+        iou_targets: the BCE target of a positive pair is the ROI's IoU with the response box
+            instead of 1 (an IoU-aware score: of two proposals on the object the tighter one
+            scores higher; False, the originals: every positive's target is 1).
         crop_size: side S of the square visual crops.
         crop_context: pixels of context around the box in the visual crop (of the source frame;
             16 in the originals, docs/vq2d.md#visual-crop); kept with the model so training
@@ -117,6 +120,7 @@ class SiamRCNN(nn.Module):
         hard_negatives_per_query: int | None = 64,
         hard_negatives_as_released: bool = False,
         balanced_siam_loss: bool = False,
+        iou_targets: bool = False,
         crop_size: int = 256,
         crop_context: int = 16,
         roi_sampling_ratio: int = 0,
@@ -151,6 +155,7 @@ class SiamRCNN(nn.Module):
         self.hard_negatives_per_query = hard_negatives_per_query
         self.hard_negatives_as_released = hard_negatives_as_released
         self.balanced_siam_loss = bool(balanced_siam_loss)
+        self.iou_targets = bool(iou_targets)
         self.crop_size = crop_size
         self.crop_context = int(crop_context)
         self.roi_sampling_ratio = roi_sampling_ratio
@@ -318,6 +323,9 @@ class SiamRCNN(nn.Module):
         labels, valid = cross_batch_labels(roi_labels, self.cross_batch_negatives, crops_per_image)
         keep = mine_hard_negatives(logits, labels, valid, self.hard_negatives_per_query,
                                    as_released=self.hard_negatives_as_released)
+        if self.iou_targets:  # positives' targets = their IoU with the response box
+            ious = torch.cat([roi_ious(r, t["boxes"]) for r, t in zip(rois, targets)])  # [N]
+            labels = labels * ious[None, :].to(labels)
         loss_siam = siamese_loss(logits, labels, keep, balanced=self.balanced_siam_loss)
         losses = {
             "loss_siam": loss_siam,
