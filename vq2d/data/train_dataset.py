@@ -112,16 +112,16 @@ class PairMapper:
         if self.augmentation is not None:
             image, boxes = self.augmentation.frame(image, boxes, rng)
             crop = self.augmentation.crop(crop, rng)
-        extra = {}
+        extra_crops = []
         if self.augmentation is not None and self.crops_per_pair > 1:
-            extra["extra_crops"] = np.stack([c.transpose(2, 0, 1) for c in self._extra_crops(sample, image, first, rng)])
+            extra_crops = self._extra_crops(sample, image, first, rng)
         channels = None if self.augmentation is None else self.augmentation.pair_channels(rng)
         if channels is not None:  # the same colour-channel order for the frame and all its crops
             image, crop = image[..., channels], crop[..., channels]
-            if "extra_crops" in extra:
-                extra["extra_crops"] = extra["extra_crops"][:, channels]
-        if "extra_crops" in extra:
-            extra["extra_crops"] = torch.from_numpy(np.ascontiguousarray(extra["extra_crops"]))
+            extra_crops = [c[..., channels] for c in extra_crops]
+        extra = {}
+        if extra_crops:
+            extra["extra_crops"] = torch.from_numpy(np.stack([c.transpose(2, 0, 1) for c in extra_crops]))
         return {**extra,
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "crop": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
