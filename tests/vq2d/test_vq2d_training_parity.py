@@ -4,7 +4,6 @@ hard-negative mining (as an option), and frame AP on the clean validation frames
 from __future__ import annotations
 
 import itertools
-
 import math
 from pathlib import Path
 

@@ -29,8 +29,7 @@ def label_proposals(proposals: Tensor, gt_boxes: Tensor, fg_iou_thresh: float) -
     """``[K, 4]`` proposals, ``[G, 4]`` GT (xyxy, same coordinates) -> ``[K]`` int64 labels (1 = positive)."""
     if gt_boxes.numel() == 0 or proposals.numel() == 0:
         return torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device)
-    best_iou = box_iou(gt_boxes.float(), proposals.float()).max(dim=0).values
-    return (best_iou >= fg_iou_thresh).to(torch.int64)
+    return (roi_ious(proposals, gt_boxes) >= fg_iou_thresh).to(torch.int64)
 
 
 def sample_proposals(

@@ -50,13 +50,14 @@ def siamese_loss(logits: Tensor, labels: Tensor, keep: Tensor, *, balanced: bool
 
     ``balanced``: (mean over kept positives + mean over kept negatives) / 2 (a side with no
     pair contributes 0); otherwise one mean over all kept pairs. No kept pair: 0 (with a graph).
+    A positive is a label > 0 (1, or its IoU with ``iou_targets``), a negative a label of 0.
     """
     if not keep.any():
         return logits.sum() * 0.0
     if not balanced:
         return F.binary_cross_entropy_with_logits(logits[keep], labels[keep])
     losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    sides = [keep & (labels > 0.5), keep & (labels <= 0.5)]
+    sides = [keep & (labels > 0), keep & (labels <= 0)]
     return sum(losses[side].mean() for side in sides if side.any()) / 2.0
 
 
