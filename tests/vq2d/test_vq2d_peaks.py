@@ -83,7 +83,10 @@ def test_pipeline_no_peak_gives_a_one_box_track_at_the_last_frame():
     out = answer_query(_query(30), dets, peaks=PeakParams(), tracking=TrackingSettings())
     assert out.fallback and out.error is None
     assert out.track == [[29, 29.0, 1.0, 39.0, 11.0]]
-    assert out.score == pytest.approx(0.5) and out.peak_frame == 29 and out.frames_accessed == 30
+    assert out.peak_frame == 29 and out.frames_accessed == 30
+    assert out.score == pytest.approx(0.5 - 0.5 * 0.5)  # distinct: every other frame scores 0.5 as well
+    detection = answer_query(_query(30), dets, peaks=PeakParams(track_score="detection"), tracking=TrackingSettings())
+    assert detection.score == pytest.approx(0.5)
     # query frame 0: nothing searched, an empty answer
     nothing = answer_query(_query(0), QueryDetections.empty(0, 3), peaks=PeakParams(), tracking=TrackingSettings())
     assert nothing.track == [] and nothing.score == 0.0 and nothing.error is None
@@ -98,4 +101,4 @@ def test_pipeline_tracks_from_the_latest_peak():
     out = answer_query(_query(100), dets, peaks=PeakParams(), tracking=tracking)
     frames = [row[0] for row in out.track]
     assert frames == list(range(66, 75))  # the later bump (frames 66..74), contiguous
-    assert out.score == pytest.approx(0.6) and not out.fallback
+    assert out.score == pytest.approx(0.6 - 0.5 * 0.95) and not out.fallback  # distinct: the 0.95 bump elsewhere

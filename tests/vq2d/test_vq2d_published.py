@@ -54,7 +54,7 @@ def test_published_group_sets_what_each_system_published(name):
     assert cfg.peaks.height is None and cfg.peaks.track_score == "constant" and cfg.peaks.pad_edges is False
     assert cfg.tracking.name == "association" and cfg.tracking.params.association.min_score == 0.2  # lost_thresh
     default = eval_config()
-    assert default.peaks.min_score is None and default.peaks.track_score == "detection" and default.peaks.pad_edges
+    assert default.peaks.min_score is None and default.peaks.track_score == "distinct" and default.peaks.pad_edges
     assert eval_config(f"published={name}", "peaks.height=0.6").peaks.height == 0.6  # the vq2d_cvpr variant
 
 
@@ -88,7 +88,16 @@ def test_published_peak_choice_track_score_and_fallback():
     ours = answer_query(query, dets, peaks=PeakParams(), tracking=tracking)
     assert strict.peak_frame == 40 and loose.peak_frame == 150  # 0.50 skips the later, weaker sighting; 0.25 not
     assert strict.score == loose.score == 1.0  # every track scored 1.0, as the originals write it
-    assert ours.peak_frame == 150 and ours.score == pytest.approx(float(dets.scores[150, 0]))  # ranked by confidence
+    assert ours.peak_frame == 150
+    first, last = ours.track[0][0], ours.track[-1][0]
+    assert first <= 150 <= last < 199 and first > 60  # the weak sighting's own frames
+    # distinct (default): its score minus half the best score elsewhere (the sighting at frame 40)
+    assert ours.score == pytest.approx(float(dets.scores[150, 0]) - 0.5 * float(dets.scores[40, 0]))
+    detection = answer_query(query, dets, peaks=PeakParams(track_score="detection"), tracking=tracking)
+    assert detection.score == pytest.approx(float(dets.scores[150, 0]))  # the top score at the peak
+    alone = _detections(np.where(np.abs(t - 150) < 30, curve, 0.05))  # nothing else scores high in the clip
+    alone_out = answer_query(query, alone, peaks=PeakParams(), tracking=tracking)
+    assert alone_out.peak_frame == 150 and alone_out.score > ours.score  # the same sighting standing out ranks first
     assert [r[0] for r in strict.track] == list(range(strict.track[0][0], strict.track[-1][0] + 1))  # contiguous
     flat = answer_query(query, _detections(np.full(200, 0.1)), peaks=PeakParams(min_score=0.5, track_score="constant"),
                         tracking=tracking)
@@ -96,6 +105,8 @@ def test_published_peak_choice_track_score_and_fallback():
     assert flat.track[0][1:] == [10.0, 10.0, 30.0, 30.0] and flat.score == 1.0  # its top box
     with pytest.raises(ValueError, match="track_score"):
         PeakParams(track_score="best")
+    with pytest.raises(ValueError, match="distinct_weight"):
+        PeakParams(distinct_weight=-0.5)
 
 
 # ------------------------------------------------------------- a tiny synthetic split

@@ -44,12 +44,26 @@ def test_association_stops_when_the_match_scores_too_low_or_moves_too_far():
     track = track_bidirectional(_association(weak), peak_frame=12, peak_box=_target_box(12), query_frame=30)
     assert sorted(track) == [12]
     fast = _moving_target_detections(step=9.0)  # 9 px/frame on a 10 px box: IoU < 0.3 between frames
-    track = track_bidirectional(_association(fast), peak_frame=12, peak_box=_target_box(12, 9.0), query_frame=30)
+    track = track_bidirectional(_association(fast, max_center_shift=None), peak_frame=12,
+                                peak_box=_target_box(12, 9.0), query_frame=30)
     assert sorted(track) == [12]
     # with a permissive IoU threshold the same target is followed
-    track = track_bidirectional(_association(fast, min_iou=0.0), peak_frame=12, peak_box=_target_box(12, 9.0),
-                                query_frame=30)
+    track = track_bidirectional(_association(fast, min_iou=0.0, max_center_shift=None), peak_frame=12,
+                                peak_box=_target_box(12, 9.0), query_frame=30)
     assert 13 in track
+
+
+def test_association_follows_a_jump_within_max_center_shift_boxes():
+    jumpy = _moving_target_detections(step=15.0)  # 15 px/frame on a 10 px box: no overlap, 1.5 box sizes
+    start = dict(peak_frame=12, peak_box=_target_box(12, 15.0), query_frame=30)
+    assert sorted(track_bidirectional(_association(jumpy, max_center_shift=None), **start)) == [12]  # IoU gate only
+    assert sorted(track_bidirectional(_association(jumpy, max_center_shift=1.0), **start)) == [12]  # 1.5 > 1 box
+    track = track_bidirectional(_association(jumpy), **start)  # the default: 2 box sizes
+    assert sorted(track) == list(range(8, 20))  # and not on to the far distractor once the target is gone
+    for t, box in track.items():
+        assert box == pytest.approx(tuple(_target_box(t, 15.0)))
+    with pytest.raises(ValueError, match="max_center_shift"):
+        make_tracker("association", {"max_center_shift": -1.0}, jumpy)
 
 
 def test_bidirectional_driver_respects_window_and_max_length():

@@ -15,16 +15,19 @@ until the query frame (the most recent one possible) or that starts with the cli
 found: the search falls back to another peak or to the last frame.
 
 The track's confidence (``track_score``) is the toolkit's choice, not part of the peak
-search: ``detection`` (default) = the top detection score at the chosen frame, so that
-stAP/tAP rank confident answers first; ``constant`` = 1.0 for every track, as the published
-systems write it (docs/vq2d.md#peaks, #published-settings).
+search; it ranks the answers of all queries for stAP/tAP: ``distinct`` (default) = the top
+detection score at the chosen frame minus ``distinct_weight`` (0.5) times the best score on
+the searched frames outside the response track, so an answer in a clip where something else
+scores as high ranks below one that stands out; ``detection`` = the top detection score at
+the chosen frame; ``constant`` = 1.0 for every track, as the published systems write it
+(docs/vq2d.md#track-score, #published-settings).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Mapping
 
-TRACK_SCORES = ("detection", "constant")
+TRACK_SCORES = ("distinct", "detection", "constant")
 
 import numpy as np
 from scipy.signal import find_peaks, medfilt
@@ -40,7 +43,8 @@ class PeakParams:
     prominence: float = 0.2  # min peak prominence
     height: float | None = None  # min smoothed peak height for find_peaks (reference val: 0.6)
     min_score: float | None = None  # drop peaks whose smoothed score is lower (reference: 0.5 / 0.25)
-    track_score: str = "detection"  # detection: top score at the chosen frame | constant: 1.0 (the originals)
+    track_score: str = "distinct"  # distinct | detection: top score at the chosen frame | constant: 1.0 (the originals)
+    distinct_weight: float = 0.5  # distinct: weight of the best score outside the track
     pad_edges: bool = True  # the curve's minimum added at both ends: sightings at its ends are peaks (originals: False)
 
     def __post_init__(self):
@@ -48,11 +52,18 @@ class PeakParams:
             raise ValueError(f"peaks.kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.track_score not in TRACK_SCORES:
             raise ValueError(f"peaks.track_score must be one of {TRACK_SCORES}, got {self.track_score!r}")
+        if not self.distinct_weight >= 0:
+            raise ValueError(f"peaks.distinct_weight must be >= 0, got {self.distinct_weight}")
 
-    def score_of(self, top_detection_score: float) -> float:
+    def score_of(self, top_detection_score: float, best_elsewhere: float = 0.0) -> float:
         """The confidence written with a track whose chosen frame's top detection scores
-        ``top_detection_score``."""
-        return 1.0 if self.track_score == "constant" else float(top_detection_score)
+        ``top_detection_score``; ``best_elsewhere``: the highest score of the curve on the
+        searched frames outside the track (0.0 when there are none)."""
+        if self.track_score == "constant":
+            return 1.0
+        if self.track_score == "distinct":
+            return float(top_detection_score) - self.distinct_weight * float(best_elsewhere)
+        return float(top_detection_score)
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "PeakParams":
@@ -105,3 +116,11 @@ def find_latest_peak(curve: np.ndarray, params: PeakParams = PeakParams()) -> Pe
     if peaks.size == 0:
         return PeakResult(int(smoothed.size - 1), True, peaks, smoothed)
     return PeakResult(int(peaks[-1]), False, peaks, smoothed)
+
+
+def best_outside(curve: np.ndarray, first: int, last: int) -> float:
+    """Highest value of a score curve ``[T]`` outside frames ``first..last`` (inclusive);
+    0.0 when the span covers every frame."""
+    curve = np.asarray(curve, dtype=np.float64).reshape(-1)
+    rest = np.concatenate([curve[:max(first, 0)], curve[last + 1:]])
+    return float(rest.max()) if rest.size else 0.0

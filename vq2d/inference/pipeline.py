@@ -22,7 +22,7 @@ from vq2d.inference.cache_keys import changes, detection_part, query_label
 from vq2d.inference.cache_keys import fingerprint as key_of
 from vq2d.inference.detection_pass import DetectionPass, QueryDetections
 from vq2d.inference.frame_source import ClipFrames
-from vq2d.inference.peaks import PeakParams, find_latest_peak
+from vq2d.inference.peaks import PeakParams, best_outside, find_latest_peak
 from vq2d.inference.tracking import make_tracker, track_bidirectional
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class QueryOutcome:
     """What the pipeline answered for one query (JSON-able; one entry of per_query.json).
 
     track: rows ``[fno, x1, y1, x2, y2]`` on contiguous frames (empty: no answer).
-    score: the track's confidence (top detection score at the peak frame).
+    score: the track's confidence (``peaks.track_score``: by default the top detection score at
+        the peak frame minus half the best score outside the track).
     peak_frame / peak_score: the chosen frame and its smoothed score; fallback: no peak was
     found. frames_accessed: frames the detector looked at. error: why there is no answer.
     timings: seconds spent on this query's ``read`` / ``detection`` (its share of the clip's
@@ -113,7 +114,6 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
                   fallback=peak.fallback, frames_accessed=detections.num_frames, timings=timings)
     if box is None:  # no detection at all on the chosen frame
         return QueryOutcome.for_query(query, **common)
-    score = peaks.score_of(detections.scores[peak.frame, 0])
     start = time.perf_counter()
     if peak.fallback:
         boxes = {peak.frame: tuple(float(v) for v in box)}
@@ -123,6 +123,8 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
                                     images=images, max_length=tracking.max_length, chunk_size=tracking.chunk_size)
     timings["tracking"] = time.perf_counter() - start
     track = [[f, *boxes[f]] for f in sorted(boxes)]
+    score = peaks.score_of(detections.scores[peak.frame, 0],
+                           best_outside(detections.score_curve(), track[0][0], track[-1][0]))
     return QueryOutcome.for_query(query, track=track, score=score, **common)
 
 
