@@ -237,3 +237,32 @@ def test_eval_frames_mark_the_clean_ones_and_ap_is_reported_on_them():
     assert result["num_clean_positive_frames"] == 5 and result["num_positive_frames"] == 6
     assert math.isfinite(result["clean_positive_negative"]["AP"])
     assert "clean_positive:" in format_detection_ap(result)
+
+
+def test_pair_flip_mirrors_frame_and_all_crops_together(tmp_path):
+    cache, sample = _cache_and_track_sample(tmp_path)
+
+    def mapper(flip_prob, pair_flip=True):
+        aug = PairAugmentation(crop_rotation=None, flip_prob=flip_prob, brightness=None, pair_flip=pair_flip)
+        return PairMapper(cache=cache, crop_size=32, short_side=H, max_size=W, augmentation=aug, crops_per_pair=3)
+
+    upright, half = mapper(0.0), mapper(0.5)  # with pair_flip both draw once per pair: the same stream
+    states = set()
+    for seed in range(10):
+        a, b = upright(sample, seed=seed), half(sample, seed=seed)
+        flipped = torch.equal(b["image"], a["image"].flip(-1))
+        assert flipped or torch.equal(b["image"], a["image"])
+        mirror = (lambda t: t.flip(-1)) if flipped else (lambda t: t)
+        assert torch.equal(b["crop"], mirror(a["crop"]))  # the crop flipped with its frame ...
+        assert torch.equal(b["extra_crops"], mirror(a["extra_crops"]))  # ... and every extra crop
+        if flipped:  # the box flipped with the frame
+            assert torch.allclose(b["boxes"][:, [0, 2]], W - a["boxes"][:, [2, 0]])
+        states.add(flipped)
+    assert states == {True, False}  # random per pair
+    independent = mapper(0.5, pair_flip=False)  # the originals: frame and crop drawn on their own
+    assert independent.augmentation.pair_flip_draw(np.random.default_rng(0)) is None
+    disagree = 0
+    for seed in range(10):
+        a, c = upright(sample, seed=seed), independent(sample, seed=seed)  # same reference crop (first draw)
+        disagree += torch.equal(c["image"], a["image"].flip(-1)) != torch.equal(c["crop"], a["crop"].flip(-1))
+    assert disagree > 0  # some pairs show a crop mirrored against its frame

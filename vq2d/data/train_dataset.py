@@ -109,12 +109,14 @@ class PairMapper:
             boxes = _scaled(sample.box, image, sample.image_size)[None]
         image, scale = shrink_to(image, self.short_side, self.max_size)
         boxes = boxes * np.float32(scale)
+        flip = None
         if self.augmentation is not None:
-            image, boxes = self.augmentation.frame(image, boxes, rng)
-            crop = self.augmentation.crop(crop, rng)
+            flip = self.augmentation.pair_flip_draw(rng)
+            image, boxes = self.augmentation.frame(image, boxes, rng, flip)
+            crop = self.augmentation.crop(crop, rng, flip)
         extra_crops = []
         if self.augmentation is not None and self.crops_per_pair > 1:
-            extra_crops = self._extra_crops(sample, image, first, rng)
+            extra_crops = self._extra_crops(sample, image, first, rng, flip)
         channels = None if self.augmentation is None else self.augmentation.pair_channels(rng)
         if channels is not None:  # the same colour-channel order for the frame and all its crops
             image, crop = image[..., channels], crop[..., channels]
@@ -135,7 +137,7 @@ class PairMapper:
 
 
     def _extra_crops(self, sample: TrainSample, frame_image: np.ndarray, first: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+                     rng: np.random.Generator, flip: bool | None = None) -> list[np.ndarray]:
         """k - 1 more augmented crops ``[S, S, 3]`` of other references than ``first`` (repeats
         only when the sample has fewer than k references)."""
         n, k = len(sample.references), self.crops_per_pair
@@ -148,7 +150,7 @@ class PairMapper:
         for i in picks:
             crop = self._crop(sample.references[int(i)], frame_image, sample,
                               self.augmentation.reference_rotation(rng))
-            crops.append(self.augmentation.crop(crop, rng))
+            crops.append(self.augmentation.crop(crop, rng, flip))
         return crops
 
 

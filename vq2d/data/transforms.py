@@ -13,6 +13,9 @@
 * Pair (``pair_channel_shuffle``, off in the originals): the frame and all the crops of a
   pair get the same random order of their colour channels, so crop and frame still agree
   while the object looks new (a training set of ~60 objects gets up to 6x the appearances).
+* Pair (``pair_flip``, off in the originals): one flip draw per pair mirrors the frame and
+  all its crops together, so a crop is never the mirror image of its object (with
+  independent draws, half the positive pairs are).
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation is reproducible from its seed (see :class:`vq2d.data.train_dataset.TrainMapper`).
@@ -72,6 +75,9 @@ class PairAugmentation:
             originals) or "crop" (rotate the cut crop).
         pair_channel_shuffle: chance that a pair's frame and crops get the same random order of
             their colour channels (0: off, the originals).
+        pair_flip: flip a pair's frame and all its crops together (one draw of ``flip_prob``
+            per pair: crop and object never mirror images of each other) instead of each
+            independently (False, the originals).
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class PairAugmentation:
         crop_rotation_prob: float = 1.0,
         crop_rotation_mode: str = "crop",
         pair_channel_shuffle: float = 0.0,
+        pair_flip: bool = False,
     ):
         if crop_rotation_mode not in ROTATION_MODES:
             raise ValueError(f"crop_rotation_mode must be one of {ROTATION_MODES} (got {crop_rotation_mode!r})")
@@ -99,6 +106,12 @@ class PairAugmentation:
         self.crop_rotation_prob = crop_rotation_prob
         self.crop_rotation_mode = crop_rotation_mode
         self.pair_channel_shuffle = float(pair_channel_shuffle)
+        self.pair_flip = bool(pair_flip)
+
+    def pair_flip_draw(self, rng: np.random.Generator) -> bool | None:
+        """Whether a pair's frame and crops are all flipped (``pair_flip``), or None (no draw:
+        each is flipped on its own draw)."""
+        return bool(rng.random() < self.flip_prob) if self.pair_flip else None
 
     def pair_channels(self, rng: np.random.Generator) -> np.ndarray | None:
         """The colour-channel order shared by a frame and its crops (a new-looking object whose
@@ -122,15 +135,17 @@ class PairAugmentation:
             image = adjust_brightness(image, rng.uniform(*self.brightness))
         return image
 
-    def frame(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Augment a frame ``[H, W, 3]`` with its boxes ``[n, 4]`` xyxy (n may be 0)."""
-        if rng.random() < self.flip_prob:
+    def frame(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,
+              flip: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Augment a frame ``[H, W, 3]`` with its boxes ``[n, 4]`` xyxy (n may be 0); ``flip``:
+        the pair's flip (None: drawn here)."""
+        if (rng.random() < self.flip_prob) if flip is None else flip:
             image, boxes = flip_horizontal(image, boxes)
         return self._photometric(image, rng), boxes
 
-    def crop(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augment a square visual crop ``[S, S, 3]``."""
-        if rng.random() < self.flip_prob:
+    def crop(self, crop: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
+        """Augment a square visual crop ``[S, S, 3]``; ``flip``: the pair's flip (None: drawn here)."""
+        if (rng.random() < self.flip_prob) if flip is None else flip:
             crop = np.ascontiguousarray(crop[:, ::-1])
         if self.crop_rotation_mode == "crop":
             angle = self._rotation(rng)

@@ -132,6 +132,7 @@ def build_augmentation(cfg) -> PairAugmentation:
         crop_rotation_prob=float(a.crop_rotation_prob),
         crop_rotation_mode=str(a.get("crop_rotation_mode", "crop")),
         pair_channel_shuffle=float(a.get("pair_channel_shuffle", 0.0)),
+        pair_flip=bool(a.get("pair_flip", False)),
     )
 
 
