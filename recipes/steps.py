@@ -6,7 +6,7 @@ one-line status. A failed step raises :class:`StepFailed` naming the step and it
 Skip-if-done: a finished step leaves ``<output_dir>/steps/<step>.json`` (its command line,
 time, a stamp of the run and the stamps of the steps it depends on). With ``resume=True`` a
 step is not run again when its record holds the same command line and the same stamps of
-its dependencies and of the config files it reads (``watch``: the tool's config folder)
+its dependencies and of the config files it reads (``watch``: the tool's config files and groups)
 and its declared outputs all exist, unchanged since the step made them (their files' names,
 sizes and modification times are recorded, so replacing a data file re-runs the step that
 made it and, through the stamps, every step that read it); a step that runs again says

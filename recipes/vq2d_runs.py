@@ -21,7 +21,11 @@ PER_QUERY_FILE = "per_query.json"        # tools/eval_vq2d.py: per-query diagnos
 SUBMISSION_FILE = "submission.json"      # tools/eval_vq2d.py split=test_unannotated
 DETECTION_AP_FILE = "detection_ap.json"  # tools/train_vq2d.py: frame-level AP on val (percent)
 CHECKPOINT_FILE = "model_final.pth"      # tools/train_vq2d.py
-CONFIGS = ("configs/vq2d",)              # what the VQ2D tools read: an edit there re-runs their steps
+# What each VQ2D tool reads (its config file and the groups it composes): an edit there re-runs
+# its steps, an edit elsewhere does not (a new inference default does not re-train a detector).
+TRAIN_CONFIGS = ("configs/vq2d/train.yaml", "configs/vq2d/model", "configs/vq2d/preset", "configs/vq2d/launcher")
+EVAL_CONFIGS = ("configs/vq2d/eval.yaml", "configs/vq2d/published", "configs/vq2d/model", "configs/vq2d/launcher")
+MATCH_CONFIGS = ("configs/vq2d/template_match.yaml",)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def train_detector(runner: StepRunner, name: str, settings: DetectorSettings, *,
             *settings.train_args]
     checkpoint = output_dir / CHECKPOINT_FILE
     runner.tool(name, "train_vq2d.py", args, outputs=[checkpoint, output_dir / DETECTION_AP_FILE],
-                depends=depends, clean=output_dir, watch=CONFIGS)
+                depends=depends, clean=output_dir, watch=TRAIN_CONFIGS)
     return checkpoint
 
 
@@ -64,7 +68,7 @@ def evaluate_detector(runner: StepRunner, name: str, settings: DetectorSettings,
             f"workers={settings.workers}", *settings.eval_args]
     made = SUBMISSION_FILE if split == "test_unannotated" else METRICS_FILE
     runner.tool(name, "eval_vq2d.py", args, outputs=[output_dir / made], depends=depends, clean=output_dir,
-                watch=CONFIGS)
+                watch=EVAL_CONFIGS)
     return output_dir
 
 
@@ -74,7 +78,7 @@ def template_match(runner: StepRunner, name: str, *, data_root: Path, split: str
     (docs/vq2d.md#template-matcher-baseline), on ``split``; returns ``output_dir``."""
     args = [f"data.root={data_root}", f"split={split}", f"output_dir={output_dir}", f"workers={workers}"]
     runner.tool(name, "template_match_vq2d.py", args, outputs=[output_dir / METRICS_FILE], depends=depends,
-                clean=output_dir, watch=CONFIGS)
+                clean=output_dir, watch=MATCH_CONFIGS)
     return output_dir
 
 

@@ -309,3 +309,32 @@ def test_step_runner_reruns_from_scratch_when_watched_config_changes(workdir):
     (workdir / "configs" / "tool.yaml").write_text("a: 2\n")
     assert not _runner(workdir, []).tool("cfg", "write.py", [f"out={out}/run/c.txt"], **args).skipped
     assert (out / "run" / "c.txt").read_text() == "x\n"  # cleaned, not resumed
+
+
+def test_vq2d_steps_watch_the_configs_their_tool_reads():
+    """A new inference default (configs/vq2d/eval.yaml) must not re-train detectors, and every
+    config group a tool composes must be watched."""
+    from pathlib import Path
+
+    import yaml
+
+    from recipes.vq2d_runs import EVAL_CONFIGS, MATCH_CONFIGS, TRAIN_CONFIGS
+
+    repo = Path(__file__).resolve().parents[2]
+    for watched in (TRAIN_CONFIGS, EVAL_CONFIGS, MATCH_CONFIGS):
+        assert all((repo / p).exists() for p in watched), watched
+
+    def groups(path):  # the config groups a file's defaults list composes (hydra's own excluded)
+        out = set()
+        for entry in yaml.safe_load(path.read_text()).get("defaults", []):
+            if isinstance(entry, dict):
+                name = next(iter(entry)).replace("override ", "").lstrip("/")
+                if not name.startswith("hydra"):
+                    out.add(name)
+        return out
+
+    vq2d = repo / "configs" / "vq2d"
+    train_groups = groups(vq2d / "train.yaml") | {g for f in (vq2d / "preset").glob("*.yaml") for g in groups(f)}
+    assert {f"configs/vq2d/{g}" for g in train_groups} <= set(TRAIN_CONFIGS)
+    assert {f"configs/vq2d/{g}" for g in groups(vq2d / "eval.yaml")} <= set(EVAL_CONFIGS)
+    assert "configs/vq2d/eval.yaml" not in TRAIN_CONFIGS and "configs/vq2d/train.yaml" not in EVAL_CONFIGS
