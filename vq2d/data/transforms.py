@@ -113,6 +113,10 @@ class PairAugmentation:
         each is flipped on its own draw)."""
         return bool(rng.random() < self.flip_prob) if self.pair_flip else None
 
+    def _flips(self, rng: np.random.Generator, flip: bool | None) -> bool:
+        """The pair's flip when given, else a draw of ``flip_prob`` (one ``rng.random()``)."""
+        return bool(rng.random() < self.flip_prob) if flip is None else flip
+
     def pair_channels(self, rng: np.random.Generator) -> np.ndarray | None:
         """The colour-channel order shared by a frame and its crops (a new-looking object whose
         crop and frame still agree), or None (no shuffle, and no draw when the option is off)."""
@@ -139,13 +143,13 @@ class PairAugmentation:
               flip: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Augment a frame ``[H, W, 3]`` with its boxes ``[n, 4]`` xyxy (n may be 0); ``flip``:
         the pair's flip (None: drawn here)."""
-        if (rng.random() < self.flip_prob) if flip is None else flip:
+        if self._flips(rng, flip):
             image, boxes = flip_horizontal(image, boxes)
         return self._photometric(image, rng), boxes
 
     def crop(self, crop: np.ndarray, rng: np.random.Generator, flip: bool | None = None) -> np.ndarray:
         """Augment a square visual crop ``[S, S, 3]``; ``flip``: the pair's flip (None: drawn here)."""
-        if (rng.random() < self.flip_prob) if flip is None else flip:
+        if self._flips(rng, flip):
             crop = np.ascontiguousarray(crop[:, ::-1])
         if self.crop_rotation_mode == "crop":
             angle = self._rotation(rng)

@@ -107,7 +107,8 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
     if detections.num_frames == 0:  # query frame 0: nothing to search
         return QueryOutcome.for_query(query, fallback=True, timings={"peaks": 0.0, "tracking": 0.0})
     start = time.perf_counter()
-    peak = find_latest_peak(detections.score_curve(), peaks)
+    curve = detections.score_curve()  # [T]
+    peak = find_latest_peak(curve, peaks)
     box = detections.top_box(peak.frame)
     timings = {"peaks": time.perf_counter() - start, "tracking": 0.0}
     common = dict(peak_frame=peak.frame, peak_score=peak.smoothed_score, num_peaks=int(peak.peaks.size),
@@ -124,7 +125,7 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
     timings["tracking"] = time.perf_counter() - start
     track = [[f, *boxes[f]] for f in sorted(boxes)]
     score = peaks.score_of(detections.scores[peak.frame, 0],
-                           best_outside(detections.score_curve(), track[0][0], track[-1][0]))
+                           best_outside(curve, track[0][0], track[-1][0]))
     return QueryOutcome.for_query(query, track=track, score=score, **common)
 
 

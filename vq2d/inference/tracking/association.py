@@ -54,10 +54,11 @@ class AssociationTracker(Tracker):
         boxes, scores = self.detections.frame(frame)
         if len(scores) == 0:
             return None
-        ious = box_iou_one_to_many(self.box, boxes.astype(np.float64))
+        candidates = boxes.astype(np.float64)
+        ious = box_iou_one_to_many(self.box, candidates)
         ok = ious >= self.min_iou
         if self.max_center_shift is not None:
-            ok |= center_shifts(self.box, boxes.astype(np.float64)) <= self.max_center_shift
+            ok |= center_shifts(self.box, candidates) <= self.max_center_shift
         if not ok.any():
             return None
         quality = np.where(ok, self.iou_weight * ious + (1.0 - self.iou_weight) * scores, -np.inf)
