@@ -6,7 +6,8 @@ one-line status. A failed step raises :class:`StepFailed` naming the step and it
 Skip-if-done: a finished step leaves ``<output_dir>/steps/<step>.json`` (its command line,
 time, a stamp of the run and the stamps of the steps it depends on). With ``resume=True`` a
 step is not run again when its record holds the same command line and the same stamps of
-its dependencies and of the config files it reads (``watch``: the tool's config files and groups)
+its dependencies and of the files it reads (``watch``: the tool's config files and groups; for
+the data step also the generators' code)
 and its declared outputs all exist, unchanged since the step made them (their files' names,
 sizes and modification times are recorded, so replacing a data file re-runs the step that
 made it and, through the stamps, every step that read it); a step that runs again says
@@ -268,10 +269,12 @@ def _rerun_reasons(record: dict, command: list[str], inputs: dict, outputs: Sequ
 
 
 def config_digest(paths: Sequence[os.PathLike]) -> str:
-    """A short hash of the names and contents of the files in ``paths`` (files or folders)."""
+    """A short hash of the names and contents of the files in ``paths`` (files or folders;
+    Python's ``__pycache__`` folders left out: they differ between machines, not in content)."""
     digest = hashlib.sha1()
     for path in map(Path, paths):
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = (sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.relative_to(path).parts)
+                 if path.is_dir() else [path])
         for file in files:
             digest.update(str(file.relative_to(path.parent)).encode() + b"\0")
             digest.update(file.read_bytes() if file.is_file() else b"<missing>")

@@ -338,3 +338,44 @@ def test_vq2d_steps_watch_the_configs_their_tool_reads():
     assert {f"configs/vq2d/{g}" for g in train_groups} <= set(TRAIN_CONFIGS)
     assert {f"configs/vq2d/{g}" for g in groups(vq2d / "eval.yaml")} <= set(EVAL_CONFIGS)
     assert "configs/vq2d/eval.yaml" not in TRAIN_CONFIGS and "configs/vq2d/train.yaml" not in EVAL_CONFIGS
+
+
+def test_data_step_watches_the_generators_code():
+    """The synthetic data set is a function of the seed, the knobs and the generators' code:
+    every project module the generators import (shared I/O and package markers aside) is
+    watched, so a generator change re-makes the data instead of leaving it stale."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from recipes.data import GENERATOR_SOURCES
+    from recipes.steps import config_digest
+
+    repo = Path(__file__).resolve().parents[2]
+    assert all((repo / p).exists() for p in GENERATOR_SOURCES), GENERATOR_SOURCES
+    code = ("import sys, runpy; from pathlib import Path; before = set(sys.modules);"
+            "import recipes.synthetic, nlq.data.synthetic, vq2d.data.synthetic;"
+            "print('\\n'.join(str(Path(m.__file__).resolve()) for n, m in list(sys.modules.items())"
+            " if n not in before and getattr(m, '__file__', None)))")
+    files = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.split()
+    ours = [Path(f).relative_to(repo) for f in files
+            if Path(f).is_file() and Path(f).is_relative_to(repo) and not Path(f).relative_to(repo).parts[0].startswith(".")]
+    generator = [p for p in ours if p.parts[0] != "episodic" and p.name != "__init__.py" or "synthetic" in p.parts]
+    assert any(p.parts[:3] == ("vq2d", "data", "synthetic") for p in generator)
+    watched = [repo / p for p in GENERATOR_SOURCES]
+    unwatched = [str(p) for p in generator if not any((repo / p) == w or w in (repo / p).parents for w in watched)]
+    assert not unwatched, unwatched
+
+
+def test_config_digest_ignores_byte_code(tmp_path):
+    from recipes.steps import config_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "gen.py").write_text("X = 1\n")
+    before = config_digest([tmp_path / "pkg"])
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "gen.cpython-312.pyc").write_bytes(b"\x00stale")
+    assert config_digest([tmp_path / "pkg"]) == before
+    (tmp_path / "pkg" / "gen.py").write_text("X = 2\n")
+    assert config_digest([tmp_path / "pkg"]) != before

@@ -15,7 +15,8 @@ from vq2d.data.synthetic import PRESETS, generate_vq2d
 from vq2d.data.synthetic.camera import order_visits
 from vq2d.data.synthetic.generate import make_clip, resolve_settings
 from vq2d.data.synthetic.render import motion_blur, render_frame, render_labels
-from vq2d.data.synthetic.sightings import runs
+from vq2d.data.synthetic.camera import CameraPath
+from vq2d.data.synthetic.sightings import MIN_TRACK_FRAMES, Visibility, choose_query, runs
 
 TINY = dict(num_train_clips=2, num_val_clips=2, num_test_clips=1, frame_size=(160, 120),
             frames_per_clip=(42, 56), invalid_prob=0.25)
@@ -260,6 +261,40 @@ def test_runs_and_visit_order():
         order = order_visits(rng, {0: 3, 1: 2, 2: 2, 3: 0}, points, reach=30.0)
         assert sorted(order) == [0, 0, 0, 1, 1, 2, 2]
         assert all(a != b for a, b in zip(order, order[1:]))
+
+
+def _still_camera(num: int) -> CameraPath:
+    return CameraPath(frame_size=(160, 120), centers=np.zeros((num, 2)), zooms=np.ones(num), rolls=np.zeros(num),
+                      gains=np.ones((num, 3)), blurs=np.zeros((num, 2)))
+
+
+def test_response_tracks_are_never_single_frames():
+    # frames: 0-4 whole object (crop source), 5-6 absent, 7 one-frame glimpse, 8-11 absent,
+    # 12-14 a three-frame sighting, 15-19 absent. Real VQ2D v1 val has no one-frame response
+    # track; the glimpse at 7 must never be one, the sightings 0-4 and 12-14 may.
+    seen = np.zeros(20, bool)
+    seen[[0, 1, 2, 3, 4, 7, 12, 13, 14]] = True
+    boxes = np.full((20, 1, 4), np.nan)
+    boxes[seen, 0] = (10.0, 10.0, 40.0, 40.0)
+    vis = Visibility(boxes=boxes, fraction=seen[:, None].astype(float))
+    assert MIN_TRACK_FRAMES == 2
+    rng = np.random.default_rng(0)
+    tracks = {choose_query(rng, vis, _still_camera(20), label=1).track for _ in range(200)}
+    assert tracks == {(0, 4), (12, 14)}
+    # without the three-frame sighting and with a sliver of the object on frames 5-6 (no
+    # query frame can follow 0-4), the glimpse is the only candidate left: no query
+    fraction = seen.astype(float)
+    fraction[12:15] = 0.0
+    fraction[5:7] = 0.05
+    glimpse_only = Visibility(boxes=np.where(fraction[:, None, None] > 0.1, boxes, np.nan), fraction=fraction[:, None])
+    assert choose_query(rng, glimpse_only, _still_camera(20), label=1) is None
+
+
+def test_generated_response_tracks_are_never_single_frames(dataset):
+    root, _ = dataset
+    lengths = [len(qs["response_track"]) for split in ("train", "val")
+               for _, _, _, qs in _valid_query_sets(_load(root, split))]
+    assert lengths and min(lengths) >= MIN_TRACK_FRAMES
 
 
 def test_motion_blur_keeps_still_frames_and_smears_moving_ones():

@@ -20,6 +20,7 @@ MIN_VISIBLE_FRACTION = 0.15   # part of the object inside the frame for it to co
 MIN_BOX_SIDE = 4.0            # frame pixels
 MIN_CROP_SIDE = 8.0           # frame pixels, for a visual crop
 MAX_CROP_BLUR = 3.0           # frame pixels of motion blur allowed on the visual-crop frame
+MIN_TRACK_FRAMES = 2          # response tracks: real annotations (VQ2D v1 val) have none of 1 frame
 
 
 @dataclass
@@ -72,9 +73,10 @@ class QueryPlan:
 
 
 def choose_query(rng: np.random.Generator, vis: Visibility, camera: CameraPath, label: int) -> QueryPlan | None:
-    """Pick a response track (a sighting followed by frames without the object), a query
-    frame after it with nothing of the object in view, and a visual-crop frame from another
-    sighting where the object is whole, sharp and large enough. None when impossible."""
+    """Pick a response track (a sighting of at least ``MIN_TRACK_FRAMES`` frames followed by
+    frames without the object), a query frame after it with nothing of the object in view,
+    and a visual-crop frame from another sighting where the object is whole, sharp and large
+    enough. None when impossible."""
     k = label - 1
     sightings = runs(vis.seen(k))
     num = len(camera)
@@ -89,7 +91,7 @@ def choose_query(rng: np.random.Generator, vis: Visibility, camera: CameraPath, 
         gap_end = sightings[i + 1][0] if i + 1 < len(sightings) else num
         query_frames = [t for t in range(last + 1, gap_end) if absent[t]]
         crop_frames = [t for j, (s, e) in enumerate(sightings) if j != i for t in range(s, e + 1) if croppable[t]]
-        if query_frames and crop_frames:
+        if last - first + 1 >= MIN_TRACK_FRAMES and query_frames and crop_frames:
             options.append(((first, last), query_frames, crop_frames))
     if not options:
         return None
