@@ -64,28 +64,45 @@ def test_sightings_at_the_ends_of_the_curve_are_peaks_only_with_pad_edges():
     assert not find_latest_peak(low, PeakParams(prominence=0.1)).fallback
 
 
-def test_no_peak_falls_back_to_the_last_searched_frame():
+def test_no_peak_falls_back_to_the_best_frame_or_the_last_searched_frame():
     flat = np.full(40, 0.5)
     assert find_latest_peak(flat, PeakParams(pad_edges=False)).fallback
     result = find_latest_peak(flat, PeakParams())
-    assert result.fallback and result.frame == 39 and result.peaks.size == 0
+    assert result.fallback and result.frame == 39 and result.peaks.size == 0  # the latest of equal maxima
+    faint = np.full(60, 0.1)
+    faint[20:25] = 0.25  # 0.15 of prominence: no peak
+    faint[22] = 0.27
+    best = find_latest_peak(faint, PeakParams())
+    assert best.fallback and best.peaks.size == 0 and best.frame == 22  # the highest score, not the smoothed one
+    last = find_latest_peak(faint, PeakParams(fallback="last_frame"))
+    assert last.fallback and last.frame == 59
     empty = find_latest_peak(np.zeros(0), PeakParams())
     assert empty.frame is None and empty.fallback
     with pytest.raises(ValueError, match="odd"):
         PeakParams(kernel_size=4)
 
 
-def test_pipeline_no_peak_gives_a_one_box_track_at_the_last_frame():
+def test_pipeline_no_peak_tracks_from_the_best_frame_or_answers_the_last_frame():
     dets = QueryDetections.empty(30, 3)
+    scores = np.full(30, 0.5)
+    scores[8:13] = 0.6  # a faint sighting (0.1 of prominence) at frames 8-12, best at 10
+    scores[10] = 0.62
     for t in range(30):
         boxes = np.array([[t, 1.0, t + 10, 11.0], [0, 0, 5, 5]], np.float32)
-        dets.set_frame(t, boxes, np.array([0.5, 0.2], np.float32))
-    out = answer_query(_query(30), dets, peaks=PeakParams(), tracking=TrackingSettings())
+        dets.set_frame(t, boxes, np.array([scores[t], 0.2], np.float32))
+    tracking = TrackingSettings(params={"min_score": 0.55})
+    best = answer_query(_query(30), dets, peaks=PeakParams(), tracking=tracking)
+    assert best.fallback and best.error is None and best.peak_frame == 10
+    assert [r[0] for r in best.track] == [8, 9, 10, 11, 12]  # grown from the best frame as from a peak
+    published = PeakParams(track_score="constant", fallback="last_frame")
+    out = answer_query(_query(30), dets, peaks=published, tracking=tracking)
     assert out.fallback and out.error is None
-    assert out.track == [[29, 29.0, 1.0, 39.0, 11.0]]
-    assert out.peak_frame == 29 and out.frames_accessed == 30
-    assert out.score == pytest.approx(0.5 - 0.5 * 0.5)  # distinct: every other frame scores 0.5 as well
-    detection = answer_query(_query(30), dets, peaks=PeakParams(track_score="detection"), tracking=TrackingSettings())
+    assert out.track == [[29, 29.0, 1.0, 39.0, 11.0]]  # one box, the top one of the last searched frame
+    assert out.peak_frame == 29 and out.frames_accessed == 30 and out.score == 1.0
+    last = answer_query(_query(30), dets, peaks=PeakParams(fallback="last_frame"), tracking=tracking)
+    assert last.score == pytest.approx(0.5 - 0.5 * 0.62)  # distinct: the best score elsewhere is 0.62
+    detection = answer_query(_query(30), dets, peaks=PeakParams(track_score="detection", fallback="last_frame"),
+                             tracking=tracking)
     assert detection.score == pytest.approx(0.5)
     # query frame 0: nothing searched, an empty answer
     nothing = answer_query(_query(0), QueryDetections.empty(0, 3), peaks=PeakParams(), tracking=TrackingSettings())

@@ -52,9 +52,11 @@ def test_published_group_sets_what_each_system_published(name):
     assert cfg.peaks.min_score == PUBLISHED[name]
     assert (cfg.peaks.kernel_size, cfg.peaks.distance, cfg.peaks.width, cfg.peaks.prominence) == (5, 25, 3, 0.2)
     assert cfg.peaks.height is None and cfg.peaks.track_score == "constant" and cfg.peaks.pad_edges is False
+    assert cfg.peaks.fallback == "last_frame"
     assert cfg.tracking.name == "association" and cfg.tracking.params.association.min_score == 0.2  # lost_thresh
     default = eval_config()
     assert default.peaks.min_score is None and default.peaks.track_score == "distinct" and default.peaks.pad_edges
+    assert default.peaks.fallback == "best_frame"
     assert eval_config(f"published={name}", "peaks.height=0.6").peaks.height == 0.6  # the vq2d_cvpr variant
 
 
@@ -99,12 +101,14 @@ def test_published_peak_choice_track_score_and_fallback():
     alone_out = answer_query(query, alone, peaks=PeakParams(), tracking=tracking)
     assert alone_out.peak_frame == 150 and alone_out.score > ours.score  # the same sighting standing out ranks first
     assert [r[0] for r in strict.track] == list(range(strict.track[0][0], strict.track[-1][0] + 1))  # contiguous
-    flat = answer_query(query, _detections(np.full(200, 0.1)), peaks=PeakParams(min_score=0.5, track_score="constant"),
-                        tracking=tracking)
+    published = PeakParams(min_score=0.5, track_score="constant", pad_edges=False, fallback="last_frame")
+    flat = answer_query(query, _detections(np.full(200, 0.1)), peaks=published, tracking=tracking)
     assert flat.fallback and [r[0] for r in flat.track] == [199]  # the last searched frame
     assert flat.track[0][1:] == [10.0, 10.0, 30.0, 30.0] and flat.score == 1.0  # its top box
     with pytest.raises(ValueError, match="track_score"):
         PeakParams(track_score="best")
+    with pytest.raises(ValueError, match="fallback"):
+        PeakParams(fallback="argmax")
     with pytest.raises(ValueError, match="distinct_weight"):
         PeakParams(distinct_weight=-0.5)
 

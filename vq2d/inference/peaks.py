@@ -4,7 +4,10 @@ The curve ``s[t]`` (best detection score on frame t, t = 0 .. query_frame-1) is 
 filtered (kernel 5), peaks are found with ``scipy.signal.find_peaks(distance=25, width=3,
 prominence=0.2[, height])``, peaks whose smoothed score is below ``min_score`` are dropped
 (when set), and the LATEST remaining peak is chosen: the object's most recent sighting,
-not its most confident one. No peak: the last searched frame (a one-box track).
+not its most confident one. No peak (``fallback``): ``best_frame`` (the toolkit's default)
+takes the frame of the curve's highest raw score (the latest such frame) and the track is
+grown from it as from a peak; ``last_frame`` (the published systems) answers with the top
+box of the last searched frame alone (a one-box track).
 
 ``pad_edges`` (the toolkit's default; the published systems: off) searches the smoothed
 curve with its own minimum added once before frame 0 and once after the last searched
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 TRACK_SCORES = ("distinct", "detection", "constant")
+FALLBACKS = ("best_frame", "last_frame")
 
 import numpy as np
 from scipy.signal import find_peaks, medfilt
@@ -46,12 +50,15 @@ class PeakParams:
     track_score: str = "distinct"  # distinct | detection: top score at the chosen frame | constant: 1.0 (the originals)
     distinct_weight: float = 0.5  # distinct: weight of the best score outside the track
     pad_edges: bool = True  # the curve's minimum added at both ends: sightings at its ends are peaks (originals: False)
+    fallback: str = "best_frame"  # no peak: best_frame (highest raw score, tracked) | last_frame (one box, originals)
 
     def __post_init__(self):
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"peaks.kernel_size must be a positive odd number, got {self.kernel_size}")
         if self.track_score not in TRACK_SCORES:
             raise ValueError(f"peaks.track_score must be one of {TRACK_SCORES}, got {self.track_score!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"peaks.fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if not self.distinct_weight >= 0:
             raise ValueError(f"peaks.distinct_weight must be >= 0, got {self.distinct_weight}")
 
@@ -74,8 +81,9 @@ class PeakParams:
 class PeakResult:
     """Where the track starts.
 
-    frame: the chosen peak frame (or the last searched frame when ``fallback``); None for
-        an empty curve (no frame searched).
+    frame: the chosen peak frame (when ``fallback``: the frame of the highest raw score,
+        or the last searched frame with ``PeakParams.fallback="last_frame"``); None for an
+        empty curve (no frame searched).
     fallback: True when no peak was found.
     peaks: every peak kept, ascending ``[P]``.
     smoothed: the median-filtered curve ``[T]``.
@@ -114,7 +122,10 @@ def find_latest_peak(curve: np.ndarray, params: PeakParams = PeakParams()) -> Pe
         peaks = peaks[smoothed[peaks] >= params.min_score]
     peaks = peaks.astype(np.int64)
     if peaks.size == 0:
-        return PeakResult(int(smoothed.size - 1), True, peaks, smoothed)
+        if params.fallback == "last_frame":
+            return PeakResult(int(smoothed.size - 1), True, peaks, smoothed)
+        raw = np.asarray(curve, dtype=np.float64).reshape(-1)
+        return PeakResult(int(raw.size - 1 - np.argmax(raw[::-1])), True, peaks, smoothed)  # latest maximum
     return PeakResult(int(peaks[-1]), False, peaks, smoothed)
 
 

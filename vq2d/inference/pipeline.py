@@ -116,7 +116,7 @@ def answer_query(query: VQQuery, detections: QueryDetections, *, peaks: PeakPara
     if box is None:  # no detection at all on the chosen frame
         return QueryOutcome.for_query(query, **common)
     start = time.perf_counter()
-    if peak.fallback:
+    if peak.fallback and peaks.fallback == "last_frame":  # the published systems: one box, no tracking
         boxes = {peak.frame: tuple(float(v) for v in box)}
     else:
         boxes = track_bidirectional(lambda: make_tracker(tracking.name, tracking.params, detections),

@@ -216,7 +216,7 @@ def write_plots(settings: Mapping, queries: Sequence[VQQuery], outcomes: Mapping
         curves = curve_arrays(dets, peaks)
         frames = [r[0] for r in o.track]
         plot_score_curve(out / PLOTS_DIR / "curves" / f"{q.name}.png", raw=curves["raw"], smoothed=curves["smoothed"],
-                         peaks=curves["peaks"], chosen=None if o.fallback else o.peak_frame,
+                         peaks=curves["peaks"], chosen=None if o.fallback and peaks.fallback == "last_frame" else o.peak_frame,
                          track_interval=(min(frames), max(frames)) if frames else None,
                          gt_interval=_gt_interval(q), query_frame=q.query_frame,
                          title=f"{q.name} ({q.object_title})  score {o.score:.3f}")
