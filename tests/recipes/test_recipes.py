@@ -349,11 +349,10 @@ def test_data_step_watches_the_generators_code():
     from pathlib import Path
 
     from recipes.data import GENERATOR_SOURCES
-    from recipes.steps import config_digest
 
     repo = Path(__file__).resolve().parents[2]
     assert all((repo / p).exists() for p in GENERATOR_SOURCES), GENERATOR_SOURCES
-    code = ("import sys, runpy; from pathlib import Path; before = set(sys.modules);"
+    code = ("import sys; from pathlib import Path; before = set(sys.modules);"
             "import recipes.synthetic, nlq.data.synthetic, vq2d.data.synthetic;"
             "print('\\n'.join(str(Path(m.__file__).resolve()) for n, m in list(sys.modules.items())"
             " if n not in before and getattr(m, '__file__', None)))")

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from vq2d.data.synthetic import PRESETS, generate_vq2d
-from vq2d.data.synthetic.camera import order_visits
+from vq2d.data.synthetic.camera import CameraPath, order_visits
 from vq2d.data.synthetic.generate import make_clip, resolve_settings
 from vq2d.data.synthetic.render import motion_blur, render_frame, render_labels
-from vq2d.data.synthetic.camera import CameraPath
 from vq2d.data.synthetic.sightings import MIN_TRACK_FRAMES, Visibility, choose_query, runs
 
 TINY = dict(num_train_clips=2, num_val_clips=2, num_test_clips=1, frame_size=(160, 120),
